@@ -1,0 +1,281 @@
+"""The process-wide runtime: what ``configure()`` built, swapped atomically as one object.
+
+Instrumented call sites keep a reference to the runtime they were bound to and re-bind (once)
+when ``configure()`` replaces it, so decorators applied at import time follow a later
+``configure()`` and the hot path pays one identity check.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import prometheus_client
+from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
+from . import conventions
+from .config import Settings, load_settings
+from .context import SUPPRESSED
+from .errors import ConfigurationError
+from .metrics import HistogramCells, MetricSet, is_multiprocess, metric_set, set_build_info, value_cell
+
+__all__ = ["Runtime", "build_runtime", "configure", "current", "shutdown", "swap"]
+
+_log = logging.getLogger("bakhmach_obs")
+
+
+class _NullCell:
+    __slots__ = ()
+
+    def inc(self, amount: float) -> None:
+        return None
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        return None
+
+
+_NULL = _NullCell()
+
+
+class _NullHistogram(HistogramCells):
+    def __init__(self) -> None:  # noqa: D107 - no child to bind
+        self.sum = _NULL
+        self.buckets = [_NULL]
+        self.bounds = (float("inf"),)
+
+
+class CallCells:
+    """Pre-bound cells of the three function-call metrics for one (function, module)."""
+
+    __slots__ = ("active", "error", "hist", "ok")
+
+    def __init__(self, ok: Any, error: Any, active: Any, hist: HistogramCells) -> None:
+        self.ok, self.error, self.active, self.hist = ok, error, active, hist
+
+
+_NULL_CELLS = CallCells(_NULL, _NULL, _NULL, _NullHistogram())
+
+
+class _RateLimitedLog:
+    """At most one warning per component per interval, with a count of what was held back."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, component: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(component)
+            if last is not None and now - last < self.interval:
+                self._held[component] = self._held.get(component, 0) + 1
+                return
+            self._last[component] = now
+            held = self._held.pop(component, 0)
+        token = SUPPRESSED.set(True)
+        try:
+            _log.warning(
+                "telemetry failure in %s (caught; the application is unaffected): %s: %s%s",
+                component, type(exc).__name__, exc,
+                f" ({held} more since the last report)" if held else "",
+            )  # fmt: skip
+        finally:
+            SUPPRESSED.reset(token)
+
+
+_rate_limited = _RateLimitedLog()
+
+
+class Runtime:
+    """Everything the instrumentation needs, resolved once per ``configure()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        *,
+        provider: Any = None,
+        tracer: trace.Tracer | None = None,
+        memory: InMemorySpanExporter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metric_set: MetricSet = metric_set(registry)
+        self.provider = provider
+        self.tracer = tracer
+        self.memory = memory
+        self.enabled = not settings.disabled
+        self.metrics_enabled = self.enabled and settings.metrics_enabled
+        self.exemplars = settings.exemplars and not is_multiprocess()
+        self._cells: dict[tuple[str, str], CallCells] = {}
+        self._lock = threading.Lock()
+
+    # --- self-telemetry ---------------------------------------------------------------------
+    def report_error(self, component: str, exc: BaseException) -> None:
+        """Count a caught telemetry failure and log it at a limited rate. Never raises."""
+        try:
+            self.metric_set.get(conventions.TELEMETRY_ERRORS).labels(component).inc()
+            _rate_limited(component, exc)
+        except Exception:  # noqa: BLE001, S110 - the error reporter itself must never fail the app
+            pass
+
+    def report_dropped(self, count: int) -> None:
+        """Count spans that will never be delivered. Never raises."""
+        try:
+            self.metric_set.get(conventions.DROPPED_SPANS).inc(count)
+        except Exception:  # noqa: BLE001, S110
+            pass
+
+    # --- cells --------------------------------------------------------------------------------
+    def call_cells(self, function: str, module: str) -> CallCells:
+        """The function-call metric cells for (function, module), bound once and cached."""
+        if not self.metrics_enabled:
+            return _NULL_CELLS
+        key = (function, module)
+        cells = self._cells.get(key)
+        if cells is not None:
+            return cells
+        ms = self.metric_set
+        calls = ms.get(conventions.FUNCTION_CALLS)
+        cells = CallCells(
+            value_cell(calls.labels(function, module, conventions.RESULT_OK)),
+            value_cell(calls.labels(function, module, conventions.RESULT_ERROR)),
+            value_cell(ms.get(conventions.FUNCTION_CALLS_CONCURRENT).labels(function, module)),
+            HistogramCells(ms.get(conventions.FUNCTION_CALLS_DURATION).labels(function, module)),
+        )
+        with self._lock:
+            if len(self._cells) < 2 * self.settings.cardinality_limit:
+                self._cells[key] = cells
+        return cells
+
+
+_lock = threading.RLock()
+#: The current runtime, in a one-item list so call sites compare identity cheaply.
+CURRENT: list[Runtime | None] = [None]
+_global_provider_set = False
+_atexit_registered = False
+
+
+def _default_runtime() -> Runtime:
+    """The runtime before any ``configure()``: environment settings, no handlers installed."""
+    try:
+        settings = load_settings({})
+    except ConfigurationError as exc:
+        _log.warning("ignoring invalid environment until configure() is called: %s", exc)
+        settings = Settings()
+    provider = trace.get_tracer_provider()
+    # Only trace when the application installed an SDK provider itself; the API's proxy would
+    # cost a no-op span per call for nothing.
+    tracer = None
+    if settings.tracing_enabled and hasattr(provider, "add_span_processor"):
+        from . import __version__
+
+        tracer = trace.get_tracer("bakhmach_obs", __version__)
+    return Runtime(settings, prometheus_client.REGISTRY, tracer=tracer)
+
+
+def current() -> Runtime:
+    """The runtime in force (a default one until ``configure()`` is called)."""
+    rt = CURRENT[0]
+    if rt is None:
+        with _lock:
+            rt = CURRENT[0]
+            if rt is None:
+                rt = CURRENT[0] = _default_runtime()
+    return rt
+
+
+def build_runtime(
+    settings: Settings,
+    registry: CollectorRegistry | None = None,
+    span_processors: Sequence[SpanProcessor] = (),
+) -> Runtime:
+    """Build (but do not install) a runtime: metric set, build info, tracer provider."""
+    from . import __version__
+    from .tracing import build_tracing
+
+    registry = prometheus_client.REGISTRY if registry is None else registry
+    rt = Runtime(settings, registry)
+    rt.metric_set.set_cardinality_limit(settings.cardinality_limit)
+    if rt.enabled and settings.tracing_enabled:
+        setup = build_tracing(
+            settings, on_drop=rt.report_dropped,
+            on_error=lambda exc: rt.report_error("exporter", exc),
+            extra_processors=span_processors,
+        )  # fmt: skip
+        rt.provider, rt.memory = setup.provider, setup.memory
+        rt.tracer = setup.provider.get_tracer("bakhmach_obs", __version__)
+    if rt.metrics_enabled:
+        set_build_info(
+            rt.metric_set, settings.service_name, settings.service_version, settings.environment, __version__
+        )
+    return rt
+
+
+def swap(rt: Runtime | None) -> Runtime | None:
+    """Install ``rt`` as the current runtime and return the previous one (``None``: default)."""
+    with _lock:
+        previous, CURRENT[0] = CURRENT[0], rt
+    return previous
+
+
+def configure(
+    *,
+    registry: CollectorRegistry | None = None,
+    span_processors: Sequence[SpanProcessor] = (),
+    log_stream: Any = None,
+    **kwargs: Any,
+) -> Settings:
+    """Set up metrics, traces and logs in one call. See ``bakhmach_obs.configure``."""
+    from .logs import install_logging
+
+    settings = load_settings(kwargs)
+    global _global_provider_set, _atexit_registered
+    with _lock:
+        rt = build_runtime(settings, registry, span_processors)
+        if rt.provider is not None and not _global_provider_set:
+            if not hasattr(trace.get_tracer_provider(), "add_span_processor"):
+                trace.set_tracer_provider(rt.provider)
+            _global_provider_set = True
+        install_logging(settings.log_format if rt.enabled else "none", settings.log_level, log_stream)
+        previous = swap(rt)
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+    if previous is not None and previous.provider is not None:
+        _shutdown_provider(previous, previous.settings.shutdown_timeout)
+    return settings
+
+
+def _shutdown_provider(rt: Runtime, timeout: float) -> bool:
+    from .tracing import run_with_deadline
+
+    provider = rt.provider
+    if provider is None:
+        return True
+    return run_with_deadline(provider.shutdown, timeout, "tracer-shutdown")
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush and stop exporters; return True if that finished within the deadline.
+
+    Returns within ``timeout`` seconds (default: the ``shutdown_timeout`` setting, 5 s) even when
+    the collector hangs or refuses. Spans that could not be delivered are counted in
+    ``bakhmach_obs_dropped_spans_total``. Metrics keep working afterwards; tracing stops.
+    """
+    with _lock:
+        rt = CURRENT[0]
+        if rt is None or rt.provider is None:
+            return True
+        stopped = Runtime(rt.settings, rt.registry)
+        CURRENT[0] = stopped
+    return _shutdown_provider(rt, rt.settings.shutdown_timeout if timeout is None else timeout)

@@ -1,0 +1,94 @@
+"""Per-task state in contextvars: the suppress switch, the correlation id and bound log fields.
+
+Each asyncio task and each thread sees its own values; ``with`` blocks restore the previous value
+on exit, so nothing leaks between concurrent requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any
+
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+__all__ = ["bind", "bound_fields", "correlation_id", "is_suppressed", "log_context", "new_correlation_id",
+           "set_correlation_id", "suppress"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+#: True inside ``suppress()``: the SDK records nothing.
+SUPPRESSED: ContextVar[bool] = ContextVar("bakhmach_obs_suppressed", default=False)
+CORRELATION_ID: ContextVar[str | None] = ContextVar("bakhmach_obs_correlation_id", default=None)
+FIELDS: ContextVar[Mapping[str, Any]] = ContextVar("bakhmach_obs_fields", default=_EMPTY)
+
+
+def is_suppressed() -> bool:
+    """True when the current task is inside :func:`suppress`."""
+    return SUPPRESSED.get()
+
+
+@contextlib.contextmanager
+def suppress() -> Iterator[None]:
+    """Turn the SDK off inside the block: no metrics, spans or SDK log records.
+
+    OpenTelemetry's own suppression flag is set too, so OTel instrumentations stay quiet as well.
+
+    Example:
+        >>> import bakhmach_obs
+        >>> with bakhmach_obs.suppress():
+        ...     bakhmach_obs.is_suppressed()
+        True
+    """
+    token = SUPPRESSED.set(True)
+    try:
+        with suppress_instrumentation():
+            yield
+    finally:
+        SUPPRESSED.reset(token)
+
+
+def new_correlation_id() -> str:
+    """A fresh correlation id (32 lowercase hex digits)."""
+    return uuid.uuid4().hex
+
+
+def correlation_id() -> str | None:
+    """The correlation id bound to the current task or thread, if any."""
+    return CORRELATION_ID.get()
+
+
+def set_correlation_id(value: str | None) -> None:
+    """Bind a correlation id to the current task or thread (``None`` clears it)."""
+    CORRELATION_ID.set(value)
+
+
+def bound_fields() -> Mapping[str, Any]:
+    """Fields bound with :func:`bind` or :func:`log_context`, read-only."""
+    return FIELDS.get()
+
+
+def bind(**fields: Any) -> None:
+    """Add fields to every log record of the current task or thread.
+
+    Example:
+        >>> import bakhmach_obs
+        >>> with bakhmach_obs.log_context():
+        ...     bakhmach_obs.bind(user_id="user-789")
+        ...     dict(bakhmach_obs.bound_fields())
+        {'user_id': 'user-789'}
+    """
+    FIELDS.set(MappingProxyType({**FIELDS.get(), **fields}))
+
+
+@contextlib.contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Bind fields for the duration of the block; the previous fields come back on exit."""
+    token = FIELDS.set(MappingProxyType({**FIELDS.get(), **fields}))
+    try:
+        yield
+    finally:
+        FIELDS.reset(token)

@@ -1,0 +1,262 @@
+"""The one naming convention: every metric, label, span and log-field name the SDK uses.
+
+This module is the single source of truth. Instrumentation, adapters, the rule and dashboard
+generators and ``docs/conventions.md`` all read from here; nothing else spells a telemetry name.
+
+The convention is OpenTelemetry's semantic conventions rendered as Prometheus names the way the
+OTel → Prometheus compatibility specification does it: dots become underscores, the unit becomes
+a suffix (``s`` → ``_seconds``, ``By`` → ``_bytes``), monotonic sums end in ``_total``. Where OTel
+has no convention (function calls, the SDK's own health) one is defined here in the same style.
+
+Example:
+    >>> from bakhmach_obs import conventions as c
+    >>> c.FUNCTION_CALLS.name
+    'function_calls_total'
+    >>> c.FUNCTION_CALLS.labels
+    ('function', 'module', 'result')
+    >>> c.FUNCTION_CALLS_DURATION.otel_name
+    'function.calls.duration'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "ATTR_CODE_FUNCTION_NAME",
+    "ATTR_CODE_NAMESPACE",
+    "ATTR_CORRELATION_ID",
+    "ATTR_ERROR_TYPE",
+    "BUILD_INFO",
+    "DEFAULT_CARDINALITY_LIMIT",
+    "DROPPED_SPANS",
+    "DURATION_BUCKETS",
+    "FUNCTION_CALLS",
+    "FUNCTION_CALLS_CONCURRENT",
+    "FUNCTION_CALLS_DURATION",
+    "LABEL_COMPONENT",
+    "LABEL_DEPLOYMENT_ENVIRONMENT",
+    "LABEL_FUNCTION",
+    "LABEL_METRIC",
+    "LABEL_MODULE",
+    "LABEL_RESULT",
+    "LABEL_SDK_VERSION",
+    "LABEL_SERVICE_NAME",
+    "LABEL_SERVICE_VERSION",
+    "LOG_FIELDS",
+    "LogField",
+    "METRICS",
+    "METRIC_OVERFLOW",
+    "MetricKind",
+    "MetricSpec",
+    "OVERFLOW_LABEL",
+    "RESULT_ERROR",
+    "RESULT_OK",
+    "SPAN_ATTRIBUTES",
+    "SpanAttribute",
+    "TELEMETRY_COMPONENTS",
+    "TELEMETRY_ERRORS",
+    "metric",
+]
+
+MetricKind = Literal["counter", "histogram", "gauge"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric family as it appears in the Prometheus exposition.
+
+    Attributes:
+        name: the exposed family name, e.g. ``function_calls_total``. Counters end in ``_total``.
+        kind: ``counter``, ``histogram`` or ``gauge``.
+        unit: the base unit suffix (``seconds``, ``bytes``) or ``""`` for a plain count.
+        help: the HELP text.
+        labels: label keys, in the order the SDK binds them.
+        buckets: upper bounds for histograms (``+Inf`` is implied).
+        otel_name: the OpenTelemetry instrument name this renders, or ``None``.
+        multiprocess_mode: how a gauge aggregates across pre-fork workers.
+    """
+
+    name: str
+    kind: MetricKind
+    unit: str
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] | None = None
+    otel_name: str | None = None
+    multiprocess_mode: str = "livesum"
+
+    @property
+    def family(self) -> str:
+        """The name prometheus_client expects (counters without their ``_total`` suffix)."""
+        if self.kind == "counter" and self.name.endswith("_total"):
+            return self.name[: -len("_total")]
+        return self.name
+
+
+@dataclass(frozen=True)
+class SpanAttribute:
+    """A span attribute key and what it carries."""
+
+    key: str
+    description: str
+
+
+@dataclass(frozen=True)
+class LogField:
+    """A field of the JSON log record."""
+
+    name: str
+    description: str
+
+
+# --- label keys -----------------------------------------------------------------------------
+LABEL_FUNCTION = "function"
+LABEL_MODULE = "module"
+LABEL_RESULT = "result"
+LABEL_SERVICE_NAME = "service_name"
+LABEL_SERVICE_VERSION = "service_version"
+LABEL_DEPLOYMENT_ENVIRONMENT = "deployment_environment"
+LABEL_SDK_VERSION = "sdk_version"
+LABEL_COMPONENT = "component"
+LABEL_METRIC = "metric"
+
+#: Values of the ``result`` label.
+RESULT_OK = "ok"
+RESULT_ERROR = "error"
+
+#: Label put on the single series that collects label sets past the cardinality limit
+#: (OpenTelemetry's ``otel.metric.overflow`` attribute, rendered for Prometheus).
+OVERFLOW_LABEL = "otel_metric_overflow"
+
+#: Series per metric family before new label sets go to the overflow series (OTel's default).
+DEFAULT_CARDINALITY_LIMIT = 2000
+
+#: Components named by ``bakhmach_obs_telemetry_errors_total{component}``.
+TELEMETRY_COMPONENTS = ("exporter", "instrument", "logging", "metrics", "tracing")
+
+# --- bucket presets -------------------------------------------------------------------------
+#: OpenTelemetry's advisory buckets for request durations, in seconds.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+
+# --- metrics --------------------------------------------------------------------------------
+FUNCTION_CALLS = MetricSpec(
+    name="function_calls_total",
+    kind="counter",
+    unit="",
+    help="Calls of an instrumented function or operation, by result (ok or error).",
+    labels=(LABEL_FUNCTION, LABEL_MODULE, LABEL_RESULT),
+    otel_name="function.calls",
+)
+FUNCTION_CALLS_DURATION = MetricSpec(
+    name="function_calls_duration_seconds",
+    kind="histogram",
+    unit="seconds",
+    help="Duration of calls of an instrumented function or operation, in seconds.",
+    labels=(LABEL_FUNCTION, LABEL_MODULE),
+    buckets=DURATION_BUCKETS,
+    otel_name="function.calls.duration",
+)
+FUNCTION_CALLS_CONCURRENT = MetricSpec(
+    name="function_calls_concurrent",
+    kind="gauge",
+    unit="",
+    help="Calls of an instrumented function or operation in progress right now.",
+    labels=(LABEL_FUNCTION, LABEL_MODULE),
+    otel_name="function.calls.concurrent",
+    multiprocess_mode="livesum",
+)
+BUILD_INFO = MetricSpec(
+    name="bakhmach_obs_build_info",
+    kind="gauge",
+    unit="",
+    help="Always 1; labels identify the running service build and the SDK version.",
+    labels=(LABEL_SERVICE_NAME, LABEL_SERVICE_VERSION, LABEL_DEPLOYMENT_ENVIRONMENT, LABEL_SDK_VERSION),
+    multiprocess_mode="max",
+)
+TELEMETRY_ERRORS = MetricSpec(
+    name="bakhmach_obs_telemetry_errors_total",
+    kind="counter",
+    unit="",
+    help="Failures inside the SDK's own telemetry path, caught so the application never sees them.",
+    labels=(LABEL_COMPONENT,),
+)
+DROPPED_SPANS = MetricSpec(
+    name="bakhmach_obs_dropped_spans_total",
+    kind="counter",
+    unit="",
+    help="Finished spans that were not delivered: queue full, export failed or deadline passed.",
+    labels=(),
+)
+METRIC_OVERFLOW = MetricSpec(
+    name="bakhmach_obs_metric_overflow_total",
+    kind="counter",
+    unit="",
+    help=(
+        "Measurements recorded into a metric's overflow series because its label sets "
+        "reached the cardinality limit."
+    ),
+    labels=(LABEL_METRIC,),
+)
+
+#: Every metric family the SDK can emit, in documentation order.
+METRICS: tuple[MetricSpec, ...] = (
+    FUNCTION_CALLS,
+    FUNCTION_CALLS_DURATION,
+    FUNCTION_CALLS_CONCURRENT,
+    BUILD_INFO,
+    TELEMETRY_ERRORS,
+    DROPPED_SPANS,
+    METRIC_OVERFLOW,
+)
+
+_BY_NAME = {m.name: m for m in METRICS}
+
+
+def metric(name: str) -> MetricSpec:
+    """Look a metric up by its exposed name.
+
+    Raises:
+        KeyError: when the SDK defines no such metric.
+    """
+    return _BY_NAME[name]
+
+
+# --- span attributes ------------------------------------------------------------------------
+ATTR_CODE_FUNCTION_NAME = "code.function.name"
+ATTR_CODE_NAMESPACE = "code.namespace"
+ATTR_ERROR_TYPE = "error.type"
+ATTR_CORRELATION_ID = "bakhmach.correlation_id"
+
+SPAN_ATTRIBUTES: tuple[SpanAttribute, ...] = (
+    SpanAttribute(ATTR_CODE_FUNCTION_NAME, "Fully qualified name of the instrumented function."),
+    SpanAttribute(ATTR_CODE_NAMESPACE, "Module that defines the instrumented function."),
+    SpanAttribute(
+        ATTR_ERROR_TYPE,
+        "On failure: the exception's qualified class name, or `_OTHER` when `record_error_if` "
+        "marked a returned value as an error.",
+    ),
+    SpanAttribute(ATTR_CORRELATION_ID, "The request's correlation id, when one is bound."),
+)
+
+# --- log fields -----------------------------------------------------------------------------
+LOG_FIELDS: tuple[LogField, ...] = (
+    LogField("timestamp", "RFC 3339 UTC time with milliseconds and a `Z` suffix."),
+    LogField("service", "The configured service name."),
+    LogField("level", "DEBUG, INFO, WARNING, ERROR or CRITICAL."),
+    LogField("message", "The formatted log message."),
+    LogField("logger", "The stdlib logger name."),
+    LogField("correlation_id", "The request's correlation id, when one is bound."),
+    LogField("trace_id", "32 lowercase hex digits of the current span's trace, absent outside a span."),
+    LogField("span_id", "16 lowercase hex digits of the current span, absent outside a span."),
+    LogField("user_id", "The acting user, when bound."),
+    LogField("action", "The business action, from `@instrument(action=...)` or a bound field."),
+    LogField("error", "The exception message, on failure."),
+    LogField("error_type", "The exception's qualified class name, on failure."),
+    LogField("error_code", "The exception's `error_code` attribute, when it has one."),
+    LogField("duration_ms", "Duration of the failed call, in milliseconds."),
+    LogField("stacktrace", "The formatted traceback, on failure (never local variables)."),
+)

@@ -1,0 +1,269 @@
+"""Tracer provider setup: resource, sampler, exporters, and a span processor with hard deadlines.
+
+The OpenTelemetry SDK's ``BatchSpanProcessor.force_flush`` ignores its timeout and reports success
+whatever happened (open-telemetry/opentelemetry-python#4568), and it drops queued spans with only
+a log line. :class:`BoundedBatchSpanProcessor` replaces it: a bounded queue, exports in a worker
+thread, every drop and failed export counted, and ``force_flush``/``shutdown`` that return by
+their deadline even when the collector hangs.
+
+The Jaeger Thrift endpoint in the original specification (``http://jaeger:14268/api/traces``) is
+obsolete: Jaeger accepts OTLP natively (port 4318 for OTLP/HTTP), so point
+``OTEL_EXPORTER_OTLP_ENDPOINT`` at ``http://jaeger:4318``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+
+from .config import Settings
+
+__all__ = ["BoundedBatchSpanProcessor", "ExportFailedError", "TracingSetup", "build_sampler", "build_tracing",
+           "run_with_deadline"]
+
+_log = logging.getLogger("bakhmach_obs.tracing")
+
+
+class ExportFailedError(Exception):
+    """An exporter reported failure for a batch (its spans are counted as dropped)."""
+
+
+def build_sampler(settings: Settings) -> Sampler:
+    """The head sampler named by ``traces_sampler``/``traces_sampler_arg``.
+
+    Example:
+        >>> from bakhmach_obs.config import load_settings
+        >>> build_sampler(load_settings({})).get_description()
+        'ParentBased{root:TraceIdRatioBased{0.1},remoteParentSampled:AlwaysOnSampler,...}'
+    """
+    name, ratio = settings.traces_sampler, settings.traces_sampler_arg
+    root: Sampler = {"always_on": ALWAYS_ON, "always_off": ALWAYS_OFF}.get(
+        name.removeprefix("parentbased_"), None
+    ) or TraceIdRatioBased(ratio)
+    return ParentBased(root) if name.startswith("parentbased_") else root
+
+
+def run_with_deadline(fn: Callable[[], Any], timeout: float, name: str) -> bool:
+    """Run ``fn`` in a daemon thread; return True if it finished within ``timeout`` seconds.
+
+    Exceptions from ``fn`` are logged and reported as not finished.
+    """
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - a failing flush must never reach the caller
+            _log.warning("%s failed", name, exc_info=True)
+            return
+        done.set()
+
+    thread = threading.Thread(target=target, name=f"bakhmach-obs-{name}", daemon=True)
+    thread.start()
+    return done.wait(max(timeout, 0.0))
+
+
+class BoundedBatchSpanProcessor(SpanProcessor):
+    """Batch span processor with a bounded queue, counted drops and deadlines that hold.
+
+    Args:
+        exporter: where batches go.
+        max_queue_size: finished spans held at most; past it new spans are dropped (and counted).
+        max_export_batch_size: spans per ``export`` call.
+        schedule_delay: seconds between exports when the queue is not filling up.
+        shutdown_timeout: ``shutdown()`` returns within this many seconds.
+        on_drop: called with the number of spans that will never be delivered.
+        on_error: called with the exception of a failed export.
+    """
+
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        *,
+        max_queue_size: int = 2048,
+        max_export_batch_size: int = 512,
+        schedule_delay: float = 5.0,
+        shutdown_timeout: float = 5.0,
+        on_drop: Callable[[int], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._exporter = exporter
+        self._max_queue = max_queue_size
+        self._batch = min(max_export_batch_size, max_queue_size)
+        self._delay = schedule_delay
+        self._shutdown_timeout = shutdown_timeout
+        self._on_drop = on_drop or (lambda n: None)
+        self._on_error = on_error or (lambda exc: None)
+        self._stopping = False
+        self._init_worker()
+        ref = weakref.WeakMethod(self._init_worker)
+        os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
+
+    def _init_worker(self) -> None:
+        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._flushes: list[threading.Event] = []
+        self._worker = threading.Thread(target=self._run, name="bakhmach-obs-span-export", daemon=True)
+        self._worker.start()
+
+    # --- hot path ---------------------------------------------------------------------------
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not span.context.trace_flags.sampled:
+            return
+        queue = self._queue
+        if self._stopping or len(queue) >= self._max_queue:
+            self._on_drop(1)
+            return
+        queue.append(span)
+        if len(queue) >= self._batch:
+            self._wake.set()
+
+    # --- worker -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+        while not self._stopping:
+            self._wake.wait(self._delay)
+            self._wake.clear()
+            self._export_all()
+        self._export_all()
+
+    def _take(self) -> list[ReadableSpan]:
+        with self._lock:
+            queue, n = self._queue, min(len(self._queue), self._batch)
+            return [queue.popleft() for _ in range(n)]
+
+    def _export_all(self) -> None:
+        with self._lock:
+            waiters, self._flushes = self._flushes, []
+        while batch := self._take():
+            self._export(batch)
+        for event in waiters:
+            event.set()
+
+    def _export(self, batch: Sequence[ReadableSpan]) -> None:
+        try:
+            result = self._exporter.export(batch)
+        except Exception as exc:  # noqa: BLE001 - exporter bugs are counted, never raised
+            self._on_error(exc)
+            self._on_drop(len(batch))
+            return
+        if result is not SpanExportResult.SUCCESS:
+            self._on_error(ExportFailedError(f"{type(self._exporter).__name__} failed a batch of {len(batch)}"))
+            self._on_drop(len(batch))
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Export what is queued now; True only if that finished within the timeout."""
+        if self._stopping or not self._worker.is_alive():
+            return not self._queue
+        event = threading.Event()
+        with self._lock:
+            self._flushes.append(event)
+        self._wake.set()
+        return event.wait(timeout_millis / 1000.0)
+
+    def shutdown(self) -> None:
+        """Export what is queued, within ``shutdown_timeout``; count whatever is left as dropped."""
+        if self._stopping:
+            return
+        deadline = time.monotonic() + self._shutdown_timeout
+        self._stopping = True
+        self._wake.set()
+        self._worker.join(max(deadline - time.monotonic(), 0.0))
+        with self._lock:
+            left = len(self._queue)
+            self._queue.clear()
+        if left:
+            self._on_drop(left)
+        run_with_deadline(self._exporter.shutdown, max(deadline - time.monotonic(), 0.0), "exporter-shutdown")
+
+
+class TracingSetup:
+    """What :func:`build_tracing` made: the provider and, for ``memory``, its exporter."""
+
+    def __init__(self, provider: TracerProvider, memory: InMemorySpanExporter | None) -> None:
+        self.provider = provider
+        self.memory = memory
+
+
+def _resource(settings: Settings) -> Resource:
+    from . import __version__
+
+    attrs: dict[str, Any] = dict(settings.resource_attributes)
+    attrs.update(
+        {
+            "service.name": settings.service_name,
+            "service.version": settings.service_version,
+            "deployment.environment.name": settings.environment,
+            "telemetry.distro.name": "bakhmach_obs",
+            "telemetry.distro.version": __version__,
+        }
+    )
+    return Resource.create(attrs)
+
+
+def build_tracing(
+    settings: Settings,
+    *,
+    on_drop: Callable[[int], None],
+    on_error: Callable[[BaseException], None],
+    extra_processors: Sequence[SpanProcessor] = (),
+) -> TracingSetup:
+    """Build a tracer provider from settings (exporters, sampler, resource)."""
+    provider = TracerProvider(
+        sampler=build_sampler(settings), resource=_resource(settings), shutdown_on_exit=False
+    )
+    memory: InMemorySpanExporter | None = None
+    for name in settings.traces_exporter:
+        if name == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, timeout=settings.export_timeout)
+            provider.add_span_processor(
+                BoundedBatchSpanProcessor(
+                    exporter,
+                    max_queue_size=settings.max_queue_size,
+                    max_export_batch_size=settings.max_export_batch_size,
+                    schedule_delay=settings.schedule_delay,
+                    shutdown_timeout=settings.shutdown_timeout,
+                    on_drop=on_drop,
+                    on_error=on_error,
+                )
+            )
+        elif name == "console":
+            provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        elif name == "memory":
+            memory = InMemorySpanExporter()
+            provider.add_span_processor(SimpleSpanProcessor(memory))
+    for processor in extra_processors:
+        provider.add_span_processor(processor)
+    return TracingSetup(provider, memory)
