@@ -196,8 +196,8 @@ METRIC_OVERFLOW = MetricSpec(
     kind="counter",
     unit="",
     help=(
-        "Measurements recorded into a metric's overflow series because its label sets "
-        "reached the cardinality limit."
+        "New label sets routed to a metric's overflow series because the metric had reached "
+        "its cardinality limit."
     ),
     labels=(LABEL_METRIC,),
 )

@@ -45,6 +45,7 @@ __all__ = ["instrument", "operation", "span"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 _INTERNAL = SpanKind.INTERNAL
+_UNBOUND = object()
 _set_span_in_context = trace.set_span_in_context
 _attach = otel_context.attach
 _detach = otel_context.detach
@@ -81,7 +82,7 @@ class _Site:
         }
         self.record_error_if = record_error_if
         self.record_success_if = record_success_if
-        self.rt: Runtime | None = None
+        self.rt: Any = _UNBOUND  # never the current runtime, so the first call binds
 
     def bind(self) -> _Site:
         """(Re)bind to the current runtime: cells, tracer, switches."""
@@ -104,7 +105,7 @@ class _Site:
         cid = CORRELATION_ID.get()
         if cid is not None:
             attributes = {**attributes, conventions.ATTR_CORRELATION_ID: cid}
-        return self.tracer.start_span(self.span_name, kind=_INTERNAL, attributes=attributes)  # type: ignore[union-attr]
+        return self.tracer.start_span(self.span_name, kind=_INTERNAL, attributes=attributes)
 
     def enter(self) -> Token[Mapping[str, Any]] | None:
         try:
@@ -112,7 +113,7 @@ class _Site:
             if self.action is not None:
                 return FIELDS.set({**FIELDS.get(), "action": self.action})
         except Exception as exc:  # noqa: BLE001
-            self.rt.report_error("instrument", exc)  # type: ignore[union-attr]
+            self.rt.report_error("instrument", exc)
         return None
 
     def exit_ok(self, duration: float, result: Any, span: Span | None, token: Token[Any] | None) -> None:
@@ -121,7 +122,7 @@ class _Site:
             try:
                 failed = check(result)
             except Exception as exc:  # noqa: BLE001 - a faulty predicate is the SDK's problem, not the call's
-                self.rt.report_error("instrument", exc)  # type: ignore[union-attr]
+                self.rt.report_error("instrument", exc)
                 failed = False
             if failed:
                 self.exit_error(duration, None, span, token)
@@ -142,7 +143,7 @@ class _Site:
             if token is not None:
                 FIELDS.reset(token)
         except Exception as exc:  # noqa: BLE001
-            self.rt.report_error("instrument", exc)  # type: ignore[union-attr]
+            self.rt.report_error("instrument", exc)
 
     def exit_error(
         self, duration: float, exc: BaseException | None, span: Span | None, token: Token[Any] | None
@@ -154,7 +155,7 @@ class _Site:
                     self.exit_ok(duration, None, span, token)
                     return
             except Exception as err:  # noqa: BLE001
-                self.rt.report_error("instrument", err)  # type: ignore[union-attr]
+                self.rt.report_error("instrument", err)
         error_type = exception_type_name(exc) if exc is not None else "_OTHER"
         try:
             self.error.inc(1)
@@ -164,7 +165,7 @@ class _Site:
             hist.buckets[i].inc(1)
             self.active.inc(-1)
         except Exception as err:  # noqa: BLE001
-            self.rt.report_error("instrument", err)  # type: ignore[union-attr]
+            self.rt.report_error("instrument", err)
         try:
             if span is not None and span.is_recording():
                 span.set_attribute(conventions.ATTR_ERROR_TYPE, error_type)
@@ -172,11 +173,11 @@ class _Site:
                     span.record_exception(exc, escaped=True)
                 span.set_status(Status(StatusCode.ERROR, error_type))
         except Exception as err:  # noqa: BLE001
-            self.rt.report_error("tracing", err)  # type: ignore[union-attr]
+            self.rt.report_error("tracing", err)
         try:
             self._log_failure(duration, exc, error_type, span)
         except Exception as err:  # noqa: BLE001
-            self.rt.report_error("logging", err)  # type: ignore[union-attr]
+            self.rt.report_error("logging", err)
         if span is not None:
             span.end()
         if token is not None:
