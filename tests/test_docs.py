@@ -68,3 +68,17 @@ def test_public_api_is_explicit_and_sorted():
     assert names == sorted(names, key=lambda n: (n.startswith("_"), n.lower())) or names == sorted(names)
     for name in names:
         assert hasattr(bakhmach_obs, name), name
+
+
+def _shell_blocks(text: str) -> list[str]:
+    return [b.strip() for b in re.findall(r"```sh\n(.*?)```", text, flags=re.S)]
+
+
+def test_readme_has_exactly_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    demo, test = _shell_blocks(readme)
+    assert demo.endswith("bakhmach-obs demo")
+    assert "nox" in test
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert test in ci.splitlines()
+    assert "BAKHMACH_OBS_REQUIRE_SERVICES=1" in ci
