@@ -75,7 +75,8 @@ def configure(**settings: Any) -> Settings:
 
     Example:
         >>> import bakhmach_obs
-        >>> bakhmach_obs.configure(service_name="backend", traces_sampler_arg=0.25, log_format="none").traces_sampler_arg
+        >>> settings = bakhmach_obs.configure(service_name="backend", traces_sampler_arg=0.25, log_format="none")
+        >>> settings.traces_sampler_arg
         0.25
     """
     from ._runtime import configure as _configure

@@ -43,19 +43,21 @@ def conventions_markdown() -> str:
     out.append("### Label values\n\n")
     out.append(f"- `{c.LABEL_RESULT}`: `{c.RESULT_OK}` or `{c.RESULT_ERROR}`.\n")
     out.append(
-        f"- `{c.OVERFLOW_LABEL}=\"true\"`: the single series that receives label sets past a metric's "
+        f'- `{c.OVERFLOW_LABEL}="true"`: the single series that receives label sets past a metric\'s '
         f"cardinality limit (default {c.DEFAULT_CARDINALITY_LIMIT} series per metric, OpenTelemetry's "
         "default). It carries no other label; `bakhmach_obs_metric_overflow_total{metric}` counts the "
         "label sets routed to it.\n"
     )
     out.append(
         f"- `{c.LABEL_COMPONENT}` of `bakhmach_obs_telemetry_errors_total`: "
-        + ", ".join(f"`{x}`" for x in c.TELEMETRY_COMPONENTS) + ".\n\n"
+        + ", ".join(f"`{x}`" for x in c.TELEMETRY_COMPONENTS)
+        + ".\n\n"
     )
     out.append("### Bucket presets\n\n")
     out.append(
         "- `DURATION_BUCKETS` (seconds, OpenTelemetry's advisory buckets): "
-        + ", ".join(f"{b:g}" for b in c.DURATION_BUCKETS) + ", +Inf.\n\n"
+        + ", ".join(f"{b:g}" for b in c.DURATION_BUCKETS)
+        + ", +Inf.\n\n"
     )
     out.append("## Span attributes\n\n| attribute | meaning |\n|---|---|\n")
     for a in c.SPAN_ATTRIBUTES:
@@ -85,9 +87,7 @@ def configuration_markdown() -> str:
     out.append("|---|---|---|---|---|\n")
     for s in SETTINGS:
         env = "<br>".join(f"`{e}`" for e in s.env)
-        out.append(
-            f"| `{s.name}` | {env} | {_cell(s.default)} | {_cell(s.accepted)} | {_cell(s.description)} |\n"
-        )
+        out.append(f"| `{s.name}` | {env} | {_cell(s.default)} | {_cell(s.accepted)} | {_cell(s.description)} |\n")
     out.append(
         "\nBesides these settings `configure()` accepts `registry=` (a prometheus_client "
         "`CollectorRegistry`, default the global one), `span_processors=` (extra OpenTelemetry "
@@ -109,15 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stale = []
     for name, render in PAGES.items():
-        path = Path(args.docs) / name
+        page = Path(args.docs) / name
         text = render()
         if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                stale.append(str(path))
+            if not page.exists() or page.read_text(encoding="utf-8") != text:
+                stale.append(str(page))
         else:
-            path.write_text(text, encoding="utf-8")
-    for path in stale:
-        print(f"stale: {path} (run python -m bakhmach_obs._docgen)", file=sys.stderr)
+            page.write_text(text, encoding="utf-8")
+    for item in stale:
+        print(f"stale: {item} (run python -m bakhmach_obs._docgen)", file=sys.stderr)
     return 1 if stale else 0
 
 

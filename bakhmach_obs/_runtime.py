@@ -8,6 +8,7 @@ when ``configure()`` replaces it, so decorators applied at import time follow a 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import threading
 import time
@@ -45,7 +46,7 @@ _NULL = _NullCell()
 
 
 class _NullHistogram(HistogramCells):
-    def __init__(self) -> None:  # noqa: D107 - no child to bind
+    def __init__(self) -> None:
         self.sum = _NULL
         self.buckets = [_NULL]
         self.bounds = (float("inf"),)
@@ -125,15 +126,13 @@ class Runtime:
         try:
             self.metric_set.get(conventions.TELEMETRY_ERRORS).labels(component).inc()
             _rate_limited(component, exc)
-        except Exception:  # noqa: BLE001, S110 - the error reporter itself must never fail the app
+        except Exception:  # noqa: BLE001 - the error reporter itself must never fail the app
             pass
 
     def report_dropped(self, count: int) -> None:
         """Count spans that will never be delivered. Never raises."""
-        try:
+        with contextlib.suppress(Exception):
             self.metric_set.get(conventions.DROPPED_SPANS).inc(count)
-        except Exception:  # noqa: BLE001, S110
-            pass
 
     # --- cells --------------------------------------------------------------------------------
     def call_cells(self, function: str, module: str) -> CallCells:

@@ -15,8 +15,16 @@ from typing import Any
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-__all__ = ["bind", "bound_fields", "correlation_id", "is_suppressed", "log_context", "new_correlation_id",
-           "set_correlation_id", "suppress"]
+__all__ = [
+    "bind",
+    "bound_fields",
+    "correlation_id",
+    "is_suppressed",
+    "log_context",
+    "new_correlation_id",
+    "set_correlation_id",
+    "suppress",
+]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 

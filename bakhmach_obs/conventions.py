@@ -195,10 +195,7 @@ METRIC_OVERFLOW = MetricSpec(
     name="bakhmach_obs_metric_overflow_total",
     kind="counter",
     unit="",
-    help=(
-        "New label sets routed to a metric's overflow series because the metric had reached "
-        "its cardinality limit."
-    ),
+    help=("New label sets routed to a metric's overflow series because the metric had reached its cardinality limit."),
     labels=(LABEL_METRIC,),
 )
 

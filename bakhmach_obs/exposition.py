@@ -39,9 +39,7 @@ def _registry(registry: CollectorRegistry | None) -> CollectorRegistry:
     return current().registry
 
 
-def render(
-    registry: CollectorRegistry | None, *, accept: str, accept_encoding: str
-) -> tuple[bytes, str, str | None]:
+def render(registry: CollectorRegistry | None, *, accept: str, accept_encoding: str) -> tuple[bytes, str, str | None]:
     """Render the exposition for a request; returns ``(body, content_type, content_encoding)``.
 
     ``registry=None`` means the configured one (or the multiprocess aggregate).
@@ -78,7 +76,9 @@ def metrics_asgi_app(registry: CollectorRegistry | None = None) -> Callable[...,
         loop = asyncio.get_running_loop()
         body, content_type, encoding = await loop.run_in_executor(
             None,
-            lambda: render(registry, accept=headers.get("accept", ""), accept_encoding=headers.get("accept-encoding", "")),
+            lambda: render(
+                registry, accept=headers.get("accept", ""), accept_encoding=headers.get("accept-encoding", "")
+            ),
         )
         if scope.get("method") == "HEAD":
             body = b""
@@ -88,7 +88,11 @@ def metrics_asgi_app(registry: CollectorRegistry | None = None) -> Callable[...,
 
 
 async def _asgi_respond(
-    send: Callable[..., Any], status: int, body: bytes, content_type: str, encoding: str | None,
+    send: Callable[..., Any],
+    status: int,
+    body: bytes,
+    content_type: str,
+    encoding: str | None,
     allow: list[bytes] | None,
 ) -> None:
     headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
@@ -107,12 +111,18 @@ def metrics_wsgi_app(registry: CollectorRegistry | None = None) -> Callable[...,
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in ("GET", "HEAD"):
-            start_response("405 Method Not Allowed", [("Content-Type", "text/plain; charset=utf-8"), ("Allow", "GET, HEAD")])
+            start_response(
+                "405 Method Not Allowed", [("Content-Type", "text/plain; charset=utf-8"), ("Allow", "GET, HEAD")]
+            )
             return [b"method not allowed\n"]
         body, content_type, encoding = render(
             registry, accept=environ.get("HTTP_ACCEPT", ""), accept_encoding=environ.get("HTTP_ACCEPT_ENCODING", "")
         )
-        headers = [("Content-Type", content_type), ("Content-Length", str(len(body))), ("Vary", "Accept, Accept-Encoding")]
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Vary", "Accept, Accept-Encoding"),
+        ]
         if encoding:
             headers.append(("Content-Encoding", encoding))
         start_response("200 OK", headers)
@@ -130,7 +140,7 @@ def serve_metrics(port: int, addr: str = "127.0.0.1", registry: CollectorRegistr
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     class _Quiet(WSGIRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *args: Any) -> None:
             return None
 
     class _Threading(ThreadingMixIn, WSGIServer):

@@ -25,7 +25,7 @@ import inspect
 import logging
 import sys
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from contextvars import Token
 from time import perf_counter
 from types import TracebackType
@@ -36,7 +36,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import conventions
-from ._runtime import _NULL_CELLS, CURRENT, Runtime, current
+from ._runtime import _NULL_CELLS, CURRENT, current
 from .context import CORRELATION_ID, FIELDS, SUPPRESSED
 from .logs import exception_type_name
 
@@ -55,8 +55,23 @@ class _Site:
     """One instrumented function or named operation: static facts plus its bound cells."""
 
     __slots__ = (
-        "action", "active", "attributes", "error", "exemplars", "function", "hist", "logger", "module",
-        "metrics", "ok", "on", "record_error_if", "record_success_if", "rt", "span_name", "tracer",
+        "action",
+        "active",
+        "attributes",
+        "error",
+        "exemplars",
+        "function",
+        "hist",
+        "logger",
+        "metrics",
+        "module",
+        "ok",
+        "on",
+        "record_error_if",
+        "record_success_if",
+        "rt",
+        "span_name",
+        "tracer",
     )  # fmt: skip
 
     def __init__(
@@ -105,7 +120,7 @@ class _Site:
         cid = CORRELATION_ID.get()
         if cid is not None:
             attributes = {**attributes, conventions.ATTR_CORRELATION_ID: cid}
-        return self.tracer.start_span(self.span_name, kind=_INTERNAL, attributes=attributes)
+        return self.tracer.start_span(self.span_name, kind=_INTERNAL, attributes=attributes)  # type: ignore[union-attr]
 
     def enter(self) -> Token[Mapping[str, Any]] | None:
         try:
@@ -209,7 +224,7 @@ class _Site:
 
 def _site_for(func: Callable[..., Any], name: str | None, **options: Any) -> _Site:
     module = getattr(func, "__module__", None) or ""
-    function = name or getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    function = str(name or getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func)))
     return _Site(function, module, **options)
 
 
@@ -301,7 +316,7 @@ class _Step:
             _detach(self.token)  # type: ignore[arg-type]
 
 
-def _wrap_generator(func: Callable[..., Iterator[Any]], site: _Site) -> Callable[..., Any]:
+def _wrap_generator(func: Callable[..., Generator[Any, Any, Any]], site: _Site) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         s = site
@@ -334,7 +349,7 @@ def _wrap_generator(func: Callable[..., Iterator[Any]], site: _Site) -> Callable
                         gen.close()
                     value = None
                     raise
-                except BaseException as exc:
+                except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
                     thrown = exc
         except GeneratorExit:
             s.exit_ok(perf_counter() - t0, None, span, token)
@@ -356,7 +371,7 @@ def _wrap_async_generator(func: Callable[..., AsyncIterator[Any]], site: _Site) 
             s.bind()
         agen = None
         if not s.on or SUPPRESSED.get():
-            async for item in func(*args, **kwargs):  # noqa: UP028 - asend/athrow are forwarded below when on
+            async for item in func(*args, **kwargs):
                 yield item
             return
         token = s.enter()
@@ -382,7 +397,7 @@ def _wrap_async_generator(func: Callable[..., AsyncIterator[Any]], site: _Site) 
                     with step:
                         await agen.aclose()  # type: ignore[attr-defined]
                     raise
-                except BaseException as exc:
+                except BaseException as exc:  # noqa: BLE001 - forwarded into the generator
                     thrown = exc
         except GeneratorExit:
             s.exit_ok(perf_counter() - t0, None, span, token)
@@ -524,7 +539,7 @@ class _Block:
             finally:
                 span.end()
         if self._ctx_token is not None:
-            _detach(self._ctx_token)  # type: ignore[arg-type]
+            _detach(self._ctx_token)
 
     async def __aenter__(self) -> Span:
         return self.__enter__()

@@ -32,9 +32,7 @@ from .context import CORRELATION_ID, FIELDS
 
 __all__ = ["ConsoleFormatter", "JsonFormatter", "install_logging"]
 
-_RESERVED = frozenset(
-    ("timestamp", "service", "level", "message", "logger", "correlation_id", "trace_id", "span_id")
-)
+_RESERVED = frozenset(("timestamp", "service", "level", "message", "logger", "correlation_id", "trace_id", "span_id"))
 #: LogRecord attributes that are plumbing, not user fields.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -59,7 +57,7 @@ def exception_type_name(exc: BaseException) -> str:
     return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
 
 
-class JsonFormatter(_PJLJsonFormatter):  # type: ignore[misc]
+class JsonFormatter(_PJLJsonFormatter):
     """One JSON object per line with the SDK's field names.
 
     Args:

@@ -65,7 +65,6 @@ class _Guard(Generic[_M]):
     _bo_on_overflow: Callable[[], None] | None = None
     _bo_overflow: Any = None
     _bo_base: type
-    _metrics: dict[tuple[str, ...], Any]
 
     def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
         """Return the child for a label set; past the limit, the overflow child."""
@@ -74,10 +73,11 @@ class _Guard(Generic[_M]):
             if len(labelkwargs) != len(labelvalues) or None in labelvalues:
                 return super().labels(**labelkwargs)  # type: ignore[misc]  # raises the usual error
         key = tuple(v if type(v) is str else str(v) for v in labelvalues)
-        child = self._metrics.get(key)
+        child = self._metrics.get(key)  # type: ignore[attr-defined]
         if child is not None:
             return child
-        if len(self._metrics) >= self._bo_limit and len(key) == len(self._labelnames):  # type: ignore[attr-defined]
+        full = len(self._metrics) >= self._bo_limit  # type: ignore[attr-defined]
+        if full and len(key) == len(self._labelnames):  # type: ignore[attr-defined]
             return self._overflow_child()
         return super().labels(*key)  # type: ignore[misc]
 
@@ -200,9 +200,7 @@ def metric_set(registry: CollectorRegistry | None = None) -> MetricSet:
         return ms
 
 
-def family(
-    spec: MetricSpec, *, registry: CollectorRegistry | None = None, cardinality_limit: int | None = None
-) -> Any:
+def family(spec: MetricSpec, *, registry: CollectorRegistry | None = None, cardinality_limit: int | None = None) -> Any:
     """The guarded metric family for a convention ``spec`` in ``registry``.
 
     Example:
@@ -259,5 +257,6 @@ def multiprocess_registry() -> CollectorRegistry:
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return registry

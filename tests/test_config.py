@@ -127,11 +127,18 @@ def test_environment_is_used_by_configure(monkeypatch, registry):
     s = bakhmach_obs.configure(registry=registry, log_format="none")
     assert s.service_name == "env-service"
     assert bakhmach_obs.get_settings() is s
-    assert registry.get_sample_value(
-        "bakhmach_obs_build_info",
-        {"service_name": "env-service", "service_version": "unknown", "deployment_environment": "unknown",
-         "sdk_version": bakhmach_obs.__version__},
-    ) == 1.0
+    assert (
+        registry.get_sample_value(
+            "bakhmach_obs_build_info",
+            {
+                "service_name": "env-service",
+                "service_version": "unknown",
+                "deployment_environment": "unknown",
+                "sdk_version": bakhmach_obs.__version__,
+            },
+        )
+        == 1.0
+    )
 
 
 def test_bad_environment_before_configure_does_not_break_instrumented_code(monkeypatch):

@@ -36,7 +36,9 @@ def test_conventions_page_lists_every_metric_attribute_and_field():
 
 
 MODULES = sorted(
-    m.name for m in pkgutil.walk_packages(bakhmach_obs.__path__, "bakhmach_obs.") if m.name != "bakhmach_obs.pytest_plugin"
+    m.name
+    for m in pkgutil.walk_packages(bakhmach_obs.__path__, "bakhmach_obs.")
+    if m.name != "bakhmach_obs.pytest_plugin"
 )
 
 

@@ -528,7 +528,9 @@ def test_exemplars_carry_trace_and_span_ids_in_openmetrics():
         text = openmetrics_latest(cap.registry).decode()
         trace_id = f"{span.context.trace_id:032x}"
         span_id = f"{span.context.span_id:016x}"
-        lines = [ln for ln in text.splitlines() if ln.startswith("function_calls_duration_seconds_bucket") and "#" in ln]
+        lines = [
+            ln for ln in text.splitlines() if ln.startswith("function_calls_duration_seconds_bucket") and "#" in ln
+        ]
         assert lines, text
         assert f'trace_id="{trace_id}"' in lines[0] and f'span_id="{span_id}"' in lines[0]
 
@@ -597,9 +599,10 @@ def test_configure_twice_is_safe(registry):
     b = bakhmach_obs.configure(service_name="two", registry=registry, log_format="none", traces_exporter="memory")
     plain(1)
     assert (a.service_name, b.service_name) == ("one", "two")
-    assert registry.get_sample_value(
-        "function_calls_total", {"function": "plain", "module": MODULE, "result": "ok"}
-    ) == 2.0
+    assert (
+        registry.get_sample_value("function_calls_total", {"function": "plain", "module": MODULE, "result": "ok"})
+        == 2.0
+    )
     build = [s for m in registry.collect() if m.name == "bakhmach_obs_build_info" for s in m.samples]
     assert [s.labels["service_name"] for s in build] == ["two"]
 
@@ -667,4 +670,3 @@ def test_telemetry_failure_is_caught_counted_and_never_raised(monkeypatch):
         monkeypatch.setattr(site_cells.hist, "sum", Broken())
         assert plain(2) == 4
         assert cap.sample("bakhmach_obs_telemetry_errors_total", component="instrument") == 1.0
-

@@ -48,9 +48,7 @@ def test_overflow_works_for_histograms_and_gauges(registry):
     gauge.labels("a", "m").inc()
     gauge.labels("b", "m").inc()
     assert registry.get_sample_value("function_calls_duration_seconds_count", OVERFLOW) == 2
-    assert registry.get_sample_value(
-        "function_calls_duration_seconds_bucket", {**OVERFLOW, "le": "+Inf"}
-    ) == 2
+    assert registry.get_sample_value("function_calls_duration_seconds_bucket", {**OVERFLOW, "le": "+Inf"}) == 2
     assert registry.get_sample_value("function_calls_duration_seconds_sum", OVERFLOW) == pytest.approx(20.3)
     assert registry.get_sample_value("function_calls_concurrent", OVERFLOW) == 1
 
