@@ -25,43 +25,14 @@ from . import conventions
 from .config import Settings, load_settings
 from .context import SUPPRESSED
 from .errors import ConfigurationError
-from .metrics import HistogramCells, MetricSet, is_multiprocess, metric_set, set_build_info, value_cell
+from .metrics import CallCells, MetricSet, NullCallCells, call_cells, is_multiprocess, metric_set, set_build_info
 
 __all__ = ["Runtime", "build_runtime", "configure", "current", "shutdown", "swap"]
 
 _log = logging.getLogger("bakhmach_obs")
 
 
-class _NullCell:
-    __slots__ = ()
-
-    def inc(self, amount: float) -> None:
-        return None
-
-    def set_exemplar(self, exemplar: Any) -> None:
-        return None
-
-
-_NULL = _NullCell()
-
-
-class _NullHistogram(HistogramCells):
-    def __init__(self) -> None:
-        self.sum = _NULL
-        self.buckets = [_NULL]
-        self.bounds = (float("inf"),)
-
-
-class CallCells:
-    """Pre-bound cells of the three function-call metrics for one (function, module)."""
-
-    __slots__ = ("active", "error", "hist", "ok")
-
-    def __init__(self, ok: Any, error: Any, active: Any, hist: HistogramCells) -> None:
-        self.ok, self.error, self.active, self.hist = ok, error, active, hist
-
-
-_NULL_CELLS = CallCells(_NULL, _NULL, _NULL, _NullHistogram())
+_NULL_CELLS = NullCallCells()
 
 
 class _RateLimitedLog:
@@ -114,6 +85,7 @@ class Runtime:
         self.provider = provider
         self.tracer = tracer
         self.memory = memory
+        self.processors: tuple[Any, ...] = ()
         self.enabled = not settings.disabled
         self.metrics_enabled = self.enabled and settings.metrics_enabled
         self.exemplars = settings.exemplars and not is_multiprocess()
@@ -143,14 +115,7 @@ class Runtime:
         cells = self._cells.get(key)
         if cells is not None:
             return cells
-        ms = self.metric_set
-        calls = ms.get(conventions.FUNCTION_CALLS)
-        cells = CallCells(
-            value_cell(calls.labels(function, module, conventions.RESULT_OK)),
-            value_cell(calls.labels(function, module, conventions.RESULT_ERROR)),
-            value_cell(ms.get(conventions.FUNCTION_CALLS_CONCURRENT).labels(function, module)),
-            HistogramCells(ms.get(conventions.FUNCTION_CALLS_DURATION).labels(function, module)),
-        )
+        cells = call_cells(self.metric_set, function, module, self.report_error)
         with self._lock:
             if len(self._cells) < 2 * self.settings.cardinality_limit:
                 self._cells[key] = cells
@@ -211,7 +176,7 @@ def build_runtime(
             on_error=lambda exc: rt.report_error("exporter", exc),
             extra_processors=span_processors,
         )  # fmt: skip
-        rt.provider, rt.memory = setup.provider, setup.memory
+        rt.provider, rt.memory, rt.processors = setup.provider, setup.memory, setup.processors
         rt.tracer = setup.provider.get_tracer("bakhmach_obs", __version__)
     if rt.metrics_enabled:
         set_build_info(
@@ -261,7 +226,15 @@ def _shutdown_provider(rt: Runtime, timeout: float) -> bool:
     provider = rt.provider
     if provider is None:
         return True
-    return run_with_deadline(provider.shutdown, timeout, "tracer-shutdown")
+    deadline = time.monotonic() + timeout
+
+    def stop() -> None:
+        for processor in rt.processors:  # ours first, with the caller's deadline
+            processor.shutdown(max(deadline - time.monotonic(), 0.0))
+        provider.shutdown()
+
+    finished = run_with_deadline(stop, timeout, "tracer-shutdown")
+    return finished and all(p.clean_shutdown for p in rt.processors)
 
 
 def shutdown(timeout: float | None = None) -> bool:

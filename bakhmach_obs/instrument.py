@@ -24,7 +24,6 @@ import functools
 import inspect
 import logging
 import sys
-from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from contextvars import Token
 from time import perf_counter
@@ -55,23 +54,8 @@ class _Site:
     """One instrumented function or named operation: static facts plus its bound cells."""
 
     __slots__ = (
-        "action",
-        "active",
-        "attributes",
-        "error",
-        "exemplars",
-        "function",
-        "hist",
-        "logger",
-        "metrics",
-        "module",
-        "ok",
-        "on",
-        "record_error_if",
-        "record_success_if",
-        "rt",
-        "span_name",
-        "tracer",
+        "action", "attributes", "cells", "exemplars", "fast", "function", "metrics", "module", "on",
+        "record_error_if", "record_success_if", "rt", "span_name", "tracer",
     )  # fmt: skip
 
     def __init__(
@@ -100,17 +84,18 @@ class _Site:
         self.rt: Any = _UNBOUND  # never the current runtime, so the first call binds
 
     def bind(self) -> _Site:
-        """(Re)bind to the current runtime: cells, tracer, switches."""
+        """(Re)bind to the current runtime: cells, tracer, switches, and the fast-path decision."""
         rt = current()
         self.on = rt.enabled
         self.tracer = rt.tracer
         self.exemplars = rt.exemplars and rt.metrics_enabled
         try:
-            cells = rt.call_cells(self.function, self.module) if self.metrics else _NULL_CELLS
+            self.cells = rt.call_cells(self.function, self.module) if self.metrics else _NULL_CELLS
         except Exception as exc:  # noqa: BLE001 - a registry failure must not break the call
             rt.report_error("metrics", exc)
-            cells = _NULL_CELLS
-        self.ok, self.error, self.active, self.hist = cells.ok, cells.error, cells.active, cells.hist
+            self.cells = _NULL_CELLS
+        # metrics only, nothing to bind into the log context, no predicate on the result
+        self.fast = self.tracer is None and self.action is None and self.record_error_if is None
         self.rt = rt
         return self
 
@@ -123,42 +108,36 @@ class _Site:
         return self.tracer.start_span(self.span_name, kind=_INTERNAL, attributes=attributes)  # type: ignore[union-attr]
 
     def enter(self) -> Token[Mapping[str, Any]] | None:
-        try:
-            self.active.inc(1)
-            if self.action is not None:
-                return FIELDS.set({**FIELDS.get(), "action": self.action})
-        except Exception as exc:  # noqa: BLE001
-            self.rt.report_error("instrument", exc)
+        self.cells.start()
+        if self.action is not None:
+            return FIELDS.set({**FIELDS.get(), "action": self.action})
         return None
 
-    def exit_ok(self, duration: float, result: Any, span: Span | None, token: Token[Any] | None) -> None:
-        check = self.record_error_if
-        if check is not None:
+    def exit_ok(
+        self, duration: float, result: Any, span: Span | None, token: Token[Any] | None, check: bool = True
+    ) -> None:
+        predicate = self.record_error_if
+        if check and predicate is not None:
             try:
-                failed = check(result)
+                failed = predicate(result)
             except Exception as exc:  # noqa: BLE001 - a faulty predicate is the SDK's problem, not the call's
                 self.rt.report_error("instrument", exc)
                 failed = False
             if failed:
                 self.exit_error(duration, None, span, token)
                 return
-        try:
-            self.ok.inc(1)
-            hist = self.hist
-            i = bisect_left(hist.bounds, duration)
-            hist.sum.inc(duration)
-            hist.buckets[i].inc(1)
-            if span is not None:
+        i = self.cells.stop(True, duration)
+        if span is not None:
+            try:
                 if self.exemplars:
                     ctx = span.get_span_context()
                     if ctx.trace_flags.sampled:
-                        hist.exemplar(i, duration, ctx.trace_id, ctx.span_id)
-                span.end()
-            self.active.inc(-1)
-            if token is not None:
-                FIELDS.reset(token)
-        except Exception as exc:  # noqa: BLE001
-            self.rt.report_error("instrument", exc)
+                        self.cells.exemplar(i, duration, ctx.trace_id, ctx.span_id)
+            except Exception as exc:  # noqa: BLE001
+                self.rt.report_error("metrics", exc)
+            span.end()
+        if token is not None:
+            FIELDS.reset(token)
 
     def exit_error(
         self, duration: float, exc: BaseException | None, span: Span | None, token: Token[Any] | None
@@ -167,20 +146,12 @@ class _Site:
         if exc is not None and self.record_success_if is not None:
             try:
                 if self.record_success_if(exc):
-                    self.exit_ok(duration, None, span, token)
+                    self.exit_ok(duration, None, span, token, check=False)
                     return
             except Exception as err:  # noqa: BLE001
                 self.rt.report_error("instrument", err)
         error_type = exception_type_name(exc) if exc is not None else "_OTHER"
-        try:
-            self.error.inc(1)
-            hist = self.hist
-            i = bisect_left(hist.bounds, duration)
-            hist.sum.inc(duration)
-            hist.buckets[i].inc(1)
-            self.active.inc(-1)
-        except Exception as err:  # noqa: BLE001
-            self.rt.report_error("instrument", err)
+        self.cells.stop(False, duration)
         try:
             if span is not None and span.is_recording():
                 span.set_attribute(conventions.ATTR_ERROR_TYPE, error_type)
@@ -236,6 +207,17 @@ def _wrap_sync(func: Callable[..., Any], site: _Site) -> Callable[..., Any]:
             s.bind()
         if not s.on or SUPPRESSED.get():
             return func(*args, **kwargs)
+        if s.fast:
+            cells = s.cells
+            cells.start()
+            t0 = perf_counter()
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                s.exit_error(perf_counter() - t0, exc, None, None)
+                raise
+            cells.stop(True, perf_counter() - t0)
+            return result
         token = s.enter()
         if s.tracer is None:
             t0 = perf_counter()
@@ -271,6 +253,17 @@ def _wrap_async(func: Callable[..., Awaitable[Any]], site: _Site) -> Callable[..
             s.bind()
         if not s.on or SUPPRESSED.get():
             return await func(*args, **kwargs)
+        if s.fast:
+            cells = s.cells
+            cells.start()
+            t0 = perf_counter()
+            try:
+                result = await func(*args, **kwargs)
+            except BaseException as exc:
+                s.exit_error(perf_counter() - t0, exc, None, None)
+                raise
+            cells.stop(True, perf_counter() - t0)
+            return result
         token = s.enter()
         if s.tracer is None:
             t0 = perf_counter()

@@ -22,8 +22,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry import context as otel_context
-from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -120,6 +119,8 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         self._on_drop = on_drop or (lambda n: None)
         self._on_error = on_error or (lambda exc: None)
         self._stopping = False
+        #: True once shutdown() exported everything queued and the exporter stopped in time.
+        self.clean_shutdown = False
         self._init_worker()
         ref = weakref.WeakMethod(self._init_worker)
         os.register_at_fork(after_in_child=lambda: (m := ref()) and m())
@@ -149,12 +150,12 @@ class BoundedBatchSpanProcessor(SpanProcessor):
 
     # --- worker -----------------------------------------------------------------------------
     def _run(self) -> None:
-        otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
-        while not self._stopping:
-            self._wake.wait(self._delay)
-            self._wake.clear()
+        with suppress_instrumentation():  # the exporter's own HTTP calls are never traced
+            while not self._stopping:
+                self._wake.wait(self._delay)
+                self._wake.clear()
+                self._export_all()
             self._export_all()
-        self._export_all()
 
     def _take(self) -> list[ReadableSpan]:
         with self._lock:
@@ -191,28 +192,42 @@ class BoundedBatchSpanProcessor(SpanProcessor):
         self._wake.set()
         return event.wait(timeout_millis / 1000.0)
 
-    def shutdown(self) -> None:
-        """Export what is queued, within ``shutdown_timeout``; count whatever is left as dropped."""
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Export what is queued within ``timeout`` (default ``shutdown_timeout``) seconds.
+
+        Whatever is still queued then is counted as dropped; :attr:`clean_shutdown` tells whether
+        everything was exported and the exporter stopped in time.
+        """
         if self._stopping:
             return
-        deadline = time.monotonic() + self._shutdown_timeout
+        deadline = time.monotonic() + (self._shutdown_timeout if timeout is None else timeout)
         self._stopping = True
         self._wake.set()
         self._worker.join(max(deadline - time.monotonic(), 0.0))
+        drained = not self._worker.is_alive()
         with self._lock:
             left = len(self._queue)
             self._queue.clear()
         if left:
             self._on_drop(left)
-        run_with_deadline(self._exporter.shutdown, max(deadline - time.monotonic(), 0.0), "exporter-shutdown")
+        stopped = run_with_deadline(
+            self._exporter.shutdown, max(deadline - time.monotonic(), 0.0), "exporter-shutdown"
+        )
+        self.clean_shutdown = drained and not left and stopped
 
 
 class TracingSetup:
     """What :func:`build_tracing` made: the provider and, for ``memory``, its exporter."""
 
-    def __init__(self, provider: TracerProvider, memory: InMemorySpanExporter | None) -> None:
+    def __init__(
+        self,
+        provider: TracerProvider,
+        memory: InMemorySpanExporter | None,
+        processors: Sequence[BoundedBatchSpanProcessor] = (),
+    ) -> None:
         self.provider = provider
         self.memory = memory
+        self.processors = tuple(processors)
 
 
 def _resource(settings: Settings) -> Resource:
@@ -243,22 +258,23 @@ def build_tracing(
         sampler=build_sampler(settings), resource=_resource(settings), shutdown_on_exit=False
     )
     memory: InMemorySpanExporter | None = None
+    bounded: list[BoundedBatchSpanProcessor] = []
     for name in settings.traces_exporter:
         if name == "otlp":
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, timeout=settings.export_timeout)
-            provider.add_span_processor(
-                BoundedBatchSpanProcessor(
-                    exporter,
-                    max_queue_size=settings.max_queue_size,
-                    max_export_batch_size=settings.max_export_batch_size,
-                    schedule_delay=settings.schedule_delay,
-                    shutdown_timeout=settings.shutdown_timeout,
-                    on_drop=on_drop,
-                    on_error=on_error,
-                )
+            processor = BoundedBatchSpanProcessor(
+                exporter,
+                max_queue_size=settings.max_queue_size,
+                max_export_batch_size=settings.max_export_batch_size,
+                schedule_delay=settings.schedule_delay,
+                shutdown_timeout=settings.shutdown_timeout,
+                on_drop=on_drop,
+                on_error=on_error,
             )
+            bounded.append(processor)
+            provider.add_span_processor(processor)
         elif name == "console":
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         elif name == "memory":
@@ -266,4 +282,4 @@ def build_tracing(
             provider.add_span_processor(SimpleSpanProcessor(memory))
     for processor in extra_processors:
         provider.add_span_processor(processor)
-    return TracingSetup(provider, memory)
+    return TracingSetup(provider, memory, bounded)

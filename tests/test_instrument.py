@@ -662,11 +662,18 @@ def test_telemetry_failure_is_caught_counted_and_never_raised(monkeypatch):
     with capture() as cap:
         plain(1)  # binds the cells
 
-        class Broken:
-            def inc(self, amount):
+        class BrokenLock:
+            def __enter__(self):
                 raise OSError("mmap full")
 
+            def __exit__(self, *exc):
+                return False
+
         site_cells = cap.runtime.call_cells("plain", MODULE)  # the very cells the wrapper holds
-        monkeypatch.setattr(site_cells.hist, "sum", Broken())
+        monkeypatch.setattr(site_cells, "lock", BrokenLock())
         assert plain(2) == 4
-        assert cap.sample("bakhmach_obs_telemetry_errors_total", component="instrument") == 1.0
+        with pytest.raises(PaymentError):
+            charge(1)
+        # plain: start and stop failed; charge has its own cells and recorded normally
+        assert cap.sample("bakhmach_obs_telemetry_errors_total", component="instrument") == 2.0
+        assert cap.sample("function_calls_total", function="charge", result="error") == 1.0

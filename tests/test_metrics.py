@@ -182,7 +182,8 @@ def test_wsgi_app_negotiates_format_and_gzip(registry):
 
 def test_exposition_defaults_to_the_configured_registry():
     with capture() as cap:
-        bakhmach_obs.operation("visible").__enter__().end()
+        with bakhmach_obs.operation("visible"):
+            pass
         status, _, body = _asgi_get(metrics_asgi_app())
         assert status == 200
         assert b"bakhmach_obs_build_info" in body
