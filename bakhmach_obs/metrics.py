@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import os
 import threading
-from bisect import bisect_left
 import time
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -278,7 +278,9 @@ class CallCells:
 
     __slots__ = ("active", "bounds", "buckets", "error", "lock", "ok", "report", "sum")
 
-    def __init__(self, ok: Any, error: Any, active: Any, hist: Any, report: Callable[[str, BaseException], None]):
+    def __init__(
+        self, ok: Any, error: Any, active: Any, hist: Any, report: Callable[[str, BaseException], None]
+    ) -> None:
         self.report = report
         self.bounds = tuple(hist._upper_bounds)
         existing = ok._value
@@ -324,7 +326,9 @@ class CallCells:
 class MultiprocessCallCells(CallCells):
     """The same values as mmap slots (``PROMETHEUS_MULTIPROC_DIR``): updated through ``inc``."""
 
-    def __init__(self, ok: Any, error: Any, active: Any, hist: Any, report: Callable[[str, BaseException], None]):
+    def __init__(
+        self, ok: Any, error: Any, active: Any, hist: Any, report: Callable[[str, BaseException], None]
+    ) -> None:
         self.report = report
         self.bounds = tuple(hist._upper_bounds)
         self.ok, self.error, self.active = ok._value, error._value, active._value
@@ -355,7 +359,7 @@ class MultiprocessCallCells(CallCells):
 class NullCallCells(CallCells):
     """Cells that record nothing (metrics disabled)."""
 
-    def __init__(self) -> None:  # noqa: D107
+    def __init__(self) -> None:
         self.bounds = (float("inf"),)
 
     def start(self) -> None:
@@ -368,9 +372,7 @@ class NullCallCells(CallCells):
         return None
 
 
-def call_cells(
-    ms: MetricSet, function: str, module: str, report: Callable[[str, BaseException], None]
-) -> CallCells:
+def call_cells(ms: MetricSet, function: str, module: str, report: Callable[[str, BaseException], None]) -> CallCells:
     """Bind the three function-call metrics of (function, module) into one :class:`CallCells`."""
     calls = ms.get(conventions.FUNCTION_CALLS)
     args = (
