@@ -20,7 +20,7 @@ from typing import Any
 from . import conventions
 from ._runtime import shutdown
 from .config import Settings
-from .context import bind, bound_fields, correlation_id, is_suppressed, log_context, suppress
+from .context import bind, bound_fields, correlation_id, correlation_scope, is_suppressed, log_context, suppress
 from .errors import ConfigurationError
 from .exposition import metrics_asgi_app, metrics_wsgi_app, serve_metrics
 from .instrument import instrument, operation, span
@@ -39,6 +39,7 @@ __all__ = [
     "configure",
     "conventions",
     "correlation_id",
+    "correlation_scope",
     "get_settings",
     "instrument",
     "is_suppressed",

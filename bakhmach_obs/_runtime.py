@@ -78,8 +78,15 @@ class Runtime:
         provider: Any = None,
         tracer: trace.Tracer | None = None,
         memory: InMemorySpanExporter | None = None,
+        redaction: Any = None,
     ) -> None:
+        from .redaction import DEFAULT_POLICY
+
         self.settings = settings
+        #: The one redaction policy for logs, span attributes, headers and URLs.
+        self.redaction = redaction if redaction is not None else DEFAULT_POLICY.extend(settings.redact_keys)
+        #: Handlers the SDK installed besides the stream handler (the Logstash shipper).
+        self.log_handlers: tuple[logging.Handler, ...] = ()
         self.registry = registry
         self.metric_set: MetricSet = metric_set(registry)
         self.provider = provider
@@ -105,6 +112,11 @@ class Runtime:
         """Count spans that will never be delivered. Never raises."""
         with contextlib.suppress(Exception):
             self.metric_set.get(conventions.DROPPED_SPANS).inc(count)
+
+    def report_log_dropped(self, reason: str, count: int) -> None:
+        """Count log records the shipping handler discarded. Never raises."""
+        with contextlib.suppress(Exception):
+            self.metric_set.get(conventions.LOG_RECORDS_DROPPED).labels(reason).inc(count)
 
     # --- cells --------------------------------------------------------------------------------
     def call_cells(self, function: str, module: str) -> CallCells:
@@ -162,13 +174,14 @@ def build_runtime(
     settings: Settings,
     registry: CollectorRegistry | None = None,
     span_processors: Sequence[SpanProcessor] = (),
+    redaction: Any = None,
 ) -> Runtime:
     """Build (but do not install) a runtime: metric set, build info, tracer provider."""
     from . import __version__
     from .tracing import build_tracing
 
     registry = prometheus_client.REGISTRY if registry is None else registry
-    rt = Runtime(settings, registry)
+    rt = Runtime(settings, registry, redaction=redaction)
     rt.metric_set.set_cardinality_limit(settings.cardinality_limit)
     if rt.enabled and settings.tracing_enabled:
         setup = build_tracing(
@@ -178,7 +191,20 @@ def build_runtime(
         )  # fmt: skip
         rt.provider, rt.memory, rt.processors = setup.provider, setup.memory, setup.processors
         rt.tracer = setup.provider.get_tracer("bakhmach_obs", __version__)
+    if rt.enabled and settings.logstash_address is not None:
+        from .logstash import LogstashHandler
+
+        host, port = settings.logstash_address
+        rt.log_handlers = (
+            LogstashHandler(
+                host, port, queue_size=settings.logstash_queue_size, overflow=settings.logstash_overflow,
+                on_drop=rt.report_log_dropped, on_error=lambda exc: rt.report_error("logging", exc),
+            ),
+        )  # fmt: skip
     if rt.metrics_enabled:
+        ms = rt.metric_set
+        for spec in (conventions.TELEMETRY_ERRORS, conventions.DROPPED_SPANS, conventions.LOG_RECORDS_DROPPED):
+            ms.get(spec)  # the SDK's own health is exposed from the start, at zero
         set_build_info(
             rt.metric_set, settings.service_name, settings.service_version, settings.environment, __version__
         )
@@ -197,44 +223,60 @@ def configure(
     registry: CollectorRegistry | None = None,
     span_processors: Sequence[SpanProcessor] = (),
     log_stream: Any = None,
+    redaction: Any = None,
     **kwargs: Any,
 ) -> Settings:
     """Set up metrics, traces and logs in one call. See ``bakhmach_obs.configure``."""
     from .logs import install_logging
+    from .redaction import RedactionPolicy
 
     settings = load_settings(kwargs)
+    if redaction is not None and not isinstance(redaction, RedactionPolicy):
+        raise ConfigurationError("redaction", redaction, "a bakhmach_obs.redaction.RedactionPolicy")
     global _global_provider_set, _atexit_registered
     with _lock:
-        rt = build_runtime(settings, registry, span_processors)
+        rt = build_runtime(settings, registry, span_processors, redaction)
         if rt.provider is not None and not _global_provider_set:
             if not hasattr(trace.get_tracer_provider(), "add_span_processor"):
                 trace.set_tracer_provider(rt.provider)
             _global_provider_set = True
-        install_logging(settings.log_format if rt.enabled else "none", settings.log_level, log_stream)
+        install_logging(settings.log_format if rt.enabled else "none", settings.log_level, log_stream, rt.log_handlers)
         previous = swap(rt)
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
-    if previous is not None and previous.provider is not None:
+    if previous is not None:
         _shutdown_provider(previous, previous.settings.shutdown_timeout)
     return settings
 
 
 def _shutdown_provider(rt: Runtime, timeout: float) -> bool:
+    """Flush and stop what ``rt`` exports (spans, shipped logs) within ``timeout`` seconds."""
     from .tracing import run_with_deadline
 
     provider = rt.provider
-    if provider is None:
+    handlers = rt.log_handlers
+    if provider is None and not handlers:
         return True
     deadline = time.monotonic() + timeout
+    root = logging.getLogger()
+    for handler in handlers:
+        root.removeHandler(handler)
+
+    def remaining() -> float:
+        return max(deadline - time.monotonic(), 0.0)
 
     def stop() -> None:
         for processor in rt.processors:  # ours first, with the caller's deadline
-            processor.shutdown(max(deadline - time.monotonic(), 0.0))
-        provider.shutdown()
+            processor.shutdown(remaining())
+        if provider is not None:
+            provider.shutdown()
+        for handler in handlers:
+            handler.close(remaining())  # type: ignore[call-arg]
 
-    finished = run_with_deadline(stop, timeout, "tracer-shutdown")
-    return finished and all(p.clean_shutdown for p in rt.processors)
+    finished = run_with_deadline(stop, timeout, "shutdown")
+    clean = all(p.clean_shutdown for p in rt.processors) and all(getattr(h, "clean_shutdown", True) for h in handlers)
+    return finished and clean
 
 
 def shutdown(timeout: float | None = None) -> bool:
@@ -242,12 +284,14 @@ def shutdown(timeout: float | None = None) -> bool:
 
     Returns within ``timeout`` seconds (default: the ``shutdown_timeout`` setting, 5 s) even when
     the collector hangs or refuses. Spans that could not be delivered are counted in
-    ``bakhmach_obs_dropped_spans_total``. Metrics keep working afterwards; tracing stops.
+    ``bakhmach_obs_dropped_spans_total``, log records that could not be shipped in
+    ``bakhmach_obs_log_records_dropped_total``. Metrics and stdout logging keep working
+    afterwards; tracing and log shipping stop.
     """
     with _lock:
         rt = CURRENT[0]
-        if rt is None or rt.provider is None:
+        if rt is None or (rt.provider is None and not rt.log_handlers):
             return True
-        stopped = Runtime(rt.settings, rt.registry)
+        stopped = Runtime(rt.settings, rt.registry, redaction=rt.redaction)
         CURRENT[0] = stopped
     return _shutdown_provider(rt, rt.settings.shutdown_timeout if timeout is None else timeout)

@@ -39,6 +39,7 @@ SAMPLERS = (
 EXPORTERS = ("otlp", "console", "memory", "none")
 LOG_FORMATS = ("json", "console", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+OVERFLOW_POLICIES = ("drop_oldest", "drop_newest")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -67,6 +68,10 @@ class Settings:
     exemplars: bool = True
     log_level: str = "INFO"
     log_format: str = "json"
+    logstash_address: tuple[str, int] | None = None
+    logstash_queue_size: int = 10000
+    logstash_overflow: str = "drop_oldest"
+    redact_keys: tuple[str, ...] = ()
 
 
 Parser = Callable[[Any, "SettingSpec"], Any]
@@ -173,6 +178,27 @@ def _endpoint(value: Any, spec: SettingSpec) -> str:
     return value.strip()
 
 
+def _address(value: Any, spec: SettingSpec) -> tuple[str, int]:
+    if isinstance(value, tuple) and len(value) == 2:
+        value = f"{value[0]}:{value[1]}"
+    if not isinstance(value, str):
+        raise _fail(spec, value)
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise _fail(spec, value)
+    return host, int(port)
+
+
+def _names(value: Any, spec: SettingSpec) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        names = tuple(dict.fromkeys(str(i).strip().lower() for i in items if str(i).strip()))
+    except TypeError:
+        raise _fail(spec, value) from None
+    return names
+
+
 def _resource(value: Any, spec: SettingSpec) -> dict[str, str]:
     if isinstance(value, Mapping):
         return {str(k): str(v) for k, v in value.items()}
@@ -242,6 +268,21 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("log_format", ("BAKHMACH_OBS_LOG_FORMAT",), "`json`", ", ".join(LOG_FORMATS),
                 "`json`: one JSON object per line on stdout; `console`: readable lines; `none`: leave "
                 "logging alone.", _choice(LOG_FORMATS)),
+    SettingSpec("logstash_address", ("BAKHMACH_OBS_LOGSTASH_ADDRESS",), "unset (no shipping)",
+                "`host:port` (IPv6 as `[::1]:5000`)",
+                "Also ship every record as one JSON line over TCP to Logstash's `tcp` input with the "
+                "`json_lines` codec (the seed's `logstash:5000`). Never blocks the application.", _address),
+    SettingSpec("logstash_queue_size", ("BAKHMACH_OBS_LOGSTASH_QUEUE_SIZE",), "`10000`", "a positive integer",
+                "Records held in memory while Logstash is slow or down.", _positive(int)),
+    SettingSpec("logstash_overflow", ("BAKHMACH_OBS_LOGSTASH_OVERFLOW",), "`drop_oldest`",
+                ", ".join(OVERFLOW_POLICIES),
+                "Which record to discard when the shipping queue is full (counted either way).",
+                _choice(OVERFLOW_POLICIES)),
+    SettingSpec("redact_keys", ("BAKHMACH_OBS_REDACT_KEYS",), "none",
+                "key names, comma-separated (case-insensitive)",
+                "Extra keys whose values are replaced by `[REDACTED]` in logs and span attributes, on top of "
+                "the built-in denylist. Pass `redaction=RedactionPolicy(...)` to `configure()` to replace the "
+                "policy itself.", _names),
 )  # fmt: skip
 
 _SPECS = {s.name: s for s in SETTINGS}

@@ -15,10 +15,13 @@ from typing import Any
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
+from .conventions import RESERVED_LOG_FIELDS
+
 __all__ = [
     "bind",
     "bound_fields",
     "correlation_id",
+    "correlation_scope",
     "is_suppressed",
     "log_context",
     "new_correlation_id",
@@ -74,9 +77,43 @@ def set_correlation_id(value: str | None) -> None:
     CORRELATION_ID.set(value)
 
 
+@contextlib.contextmanager
+def correlation_scope(correlation_id: str | None = None) -> Iterator[str]:
+    """Start a unit of work (a request, a consumed message, a job) with a correlation id.
+
+    Binds ``correlation_id`` if given, else keeps the one already bound, else generates a new one;
+    the previous value comes back on exit. The HTTP and messaging adapters open one per request
+    or message; use it yourself for jobs and scripts.
+
+    Example:
+        >>> import bakhmach_obs
+        >>> with bakhmach_obs.correlation_scope("req-12345") as cid:
+        ...     bakhmach_obs.correlation_id() == cid == "req-12345"
+        True
+        >>> with bakhmach_obs.correlation_scope() as generated:
+        ...     len(generated)
+        32
+        >>> bakhmach_obs.correlation_id() is None
+        True
+    """
+    cid = correlation_id or CORRELATION_ID.get() or new_correlation_id()
+    token = CORRELATION_ID.set(cid)
+    try:
+        yield cid
+    finally:
+        CORRELATION_ID.reset(token)
+
+
 def bound_fields() -> Mapping[str, Any]:
     """Fields bound with :func:`bind` or :func:`log_context`, read-only."""
     return FIELDS.get()
+
+
+def _allowed(fields: dict[str, Any]) -> dict[str, Any]:
+    """Bound fields minus the names the log formatter owns (decided here, once, not per record)."""
+    if RESERVED_LOG_FIELDS.isdisjoint(fields):
+        return fields
+    return {k: v for k, v in fields.items() if k not in RESERVED_LOG_FIELDS}
 
 
 def bind(**fields: Any) -> None:
@@ -89,13 +126,13 @@ def bind(**fields: Any) -> None:
         ...     dict(bakhmach_obs.bound_fields())
         {'user_id': 'user-789'}
     """
-    FIELDS.set(MappingProxyType({**FIELDS.get(), **fields}))
+    FIELDS.set(MappingProxyType({**FIELDS.get(), **_allowed(fields)}))
 
 
 @contextlib.contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Bind fields for the duration of the block; the previous fields come back on exit."""
-    token = FIELDS.set(MappingProxyType({**FIELDS.get(), **fields}))
+    token = FIELDS.set(MappingProxyType({**FIELDS.get(), **_allowed(fields)}))
     try:
         yield
     finally:

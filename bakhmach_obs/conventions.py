@@ -40,17 +40,21 @@ __all__ = [
     "LABEL_FUNCTION",
     "LABEL_METRIC",
     "LABEL_MODULE",
+    "LABEL_REASON",
     "LABEL_RESULT",
     "LABEL_SDK_VERSION",
     "LABEL_SERVICE_NAME",
     "LABEL_SERVICE_VERSION",
+    "LOG_DROP_REASONS",
     "LOG_FIELDS",
+    "LOG_RECORDS_DROPPED",
     "LogField",
     "METRICS",
     "METRIC_OVERFLOW",
     "MetricKind",
     "MetricSpec",
     "OVERFLOW_LABEL",
+    "RESERVED_LOG_FIELDS",
     "RESULT_ERROR",
     "RESULT_OK",
     "SPAN_ATTRIBUTES",
@@ -121,6 +125,7 @@ LABEL_DEPLOYMENT_ENVIRONMENT = "deployment_environment"
 LABEL_SDK_VERSION = "sdk_version"
 LABEL_COMPONENT = "component"
 LABEL_METRIC = "metric"
+LABEL_REASON = "reason"
 
 #: Values of the ``result`` label.
 RESULT_OK = "ok"
@@ -132,6 +137,10 @@ OVERFLOW_LABEL = "otel_metric_overflow"
 
 #: Series per metric family before new label sets go to the overflow series (OTel's default).
 DEFAULT_CARDINALITY_LIMIT = 2000
+
+#: Values of ``reason`` on ``bakhmach_obs_log_records_dropped_total``: the shipping queue was
+#: full, the record could not be encoded, or ``shutdown()``'s deadline passed with it unsent.
+LOG_DROP_REASONS = ("queue_full", "encoding", "shutdown")
 
 #: Components named by ``bakhmach_obs_telemetry_errors_total{component}``.
 TELEMETRY_COMPONENTS = ("exporter", "instrument", "logging", "metrics", "tracing")
@@ -199,6 +208,14 @@ METRIC_OVERFLOW = MetricSpec(
     labels=(LABEL_METRIC,),
 )
 
+LOG_RECORDS_DROPPED = MetricSpec(
+    name="bakhmach_obs_log_records_dropped_total",
+    kind="counter",
+    unit="",
+    help="Log records the shipping handler (Logstash) discarded instead of blocking the application.",
+    labels=(LABEL_REASON,),
+)
+
 #: Every metric family the SDK can emit, in documentation order.
 METRICS: tuple[MetricSpec, ...] = (
     FUNCTION_CALLS,
@@ -208,6 +225,7 @@ METRICS: tuple[MetricSpec, ...] = (
     TELEMETRY_ERRORS,
     DROPPED_SPANS,
     METRIC_OVERFLOW,
+    LOG_RECORDS_DROPPED,
 )
 
 _BY_NAME = {m.name: m for m in METRICS}
@@ -240,6 +258,11 @@ SPAN_ATTRIBUTES: tuple[SpanAttribute, ...] = (
 )
 
 # --- log fields -----------------------------------------------------------------------------
+#: Fields the JSON formatter owns: bound context and ``extra=`` can never replace them.
+RESERVED_LOG_FIELDS = frozenset(
+    ("timestamp", "service", "level", "message", "logger", "correlation_id", "trace_id", "span_id", "trace_flags")
+)
+
 LOG_FIELDS: tuple[LogField, ...] = (
     LogField("timestamp", "RFC 3339 UTC time with milliseconds and a `Z` suffix."),
     LogField("service", "The configured service name."),
@@ -249,6 +272,11 @@ LOG_FIELDS: tuple[LogField, ...] = (
     LogField("correlation_id", "The request's correlation id, when one is bound."),
     LogField("trace_id", "32 lowercase hex digits of the current span's trace, absent outside a span."),
     LogField("span_id", "16 lowercase hex digits of the current span, absent outside a span."),
+    LogField(
+        "trace_flags",
+        "W3C trace flags of the current span, two hex digits; bit 0 set (`01`, `03`) means sampled. "
+        "Absent outside a span.",
+    ),
     LogField("user_id", "The acting user, when bound."),
     LogField("action", "The business action, from `@instrument(action=...)` or a bound field."),
     LogField("error", "The exception message, on failure."),

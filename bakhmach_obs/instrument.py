@@ -54,8 +54,21 @@ class _Site:
     """One instrumented function or named operation: static facts plus its bound cells."""
 
     __slots__ = (
-        "action", "attributes", "cells", "exemplars", "fast", "function", "metrics", "module", "on",
-        "record_error_if", "record_success_if", "rt", "span_name", "tracer",
+        "action",
+        "attributes",
+        "cells",
+        "exemplars",
+        "fast",
+        "function",
+        "metrics",
+        "module",
+        "on",
+        "raw_attributes",
+        "record_error_if",
+        "record_success_if",
+        "rt",
+        "span_name",
+        "tracer",
     )  # fmt: skip
 
     def __init__(
@@ -74,11 +87,12 @@ class _Site:
         self.module = module
         self.span_name = function
         self.action = action
-        self.attributes: dict[str, Any] = {
+        self.raw_attributes: dict[str, Any] = {
             conventions.ATTR_CODE_FUNCTION_NAME: f"{module}.{function}" if module else function,
             conventions.ATTR_CODE_NAMESPACE: module,
             **(attributes or {}),
         }
+        self.attributes = self.raw_attributes
         self.record_error_if = record_error_if
         self.record_success_if = record_success_if
         self.rt: Any = _UNBOUND  # never the current runtime, so the first call binds
@@ -89,6 +103,11 @@ class _Site:
         self.on = rt.enabled
         self.tracer = rt.tracer
         self.exemplars = rt.exemplars and rt.metrics_enabled
+        try:  # constant attributes go through the redaction policy once per configuration
+            self.attributes = rt.redaction.redact_mapping(self.raw_attributes)
+        except Exception as exc:  # noqa: BLE001
+            rt.report_error("tracing", exc)
+            self.attributes = {}
         try:
             self.cells = rt.call_cells(self.function, self.module) if self.metrics else _NULL_CELLS
         except Exception as exc:  # noqa: BLE001 - a registry failure must not break the call
@@ -188,6 +207,7 @@ class _Site:
         if ctx.is_valid:
             extra["trace_id"] = f"{ctx.trace_id:032x}"
             extra["span_id"] = f"{ctx.span_id:016x}"
+            extra["trace_flags"] = f"{ctx.trace_flags:02x}"
         what = "failed" if exc is not None else "returned an error result"
         exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
         logger.error("%s %s: %s", self.function, what, error_type, exc_info=exc_info, extra=extra)

@@ -42,7 +42,7 @@ def _restore_runtime():
     yield
     after = _runtime.CURRENT[0]
     if after is not before:
-        if after is not None and after.provider is not None:
+        if after is not None:
             _runtime._shutdown_provider(after, 2.0)
         _runtime.swap(before)
         install_logging("none", "WARNING")

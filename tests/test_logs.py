@@ -1,0 +1,305 @@
+from __future__ import annotations
+
+import asyncio
+import datetime
+import decimal
+import io
+import json
+import logging
+import threading
+from importlib.resources import files
+
+import jsonschema
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+
+import bakhmach_obs
+from bakhmach_obs.logs import ConsoleFormatter, JsonFormatter
+
+SCHEMA = json.loads(files("bakhmach_obs").joinpath("assets/log_record.schema.json").read_text(encoding="utf-8"))
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
+
+
+@pytest.fixture(params=["orjson", "stdlib"])
+def encoder(request, monkeypatch):
+    """Every formatter test runs with the orjson fast path and with the standard encoder."""
+    from bakhmach_obs import logs
+
+    if request.param == "stdlib":
+        monkeypatch.setattr(logs, "_orjson", None)
+    elif logs._orjson is None:
+        pytest.skip("orjson is not installed (pip install bakhmach-obs[orjson])")
+    return request.param
+
+
+@pytest.fixture
+def emit(encoder):
+    """A logger writing through the JSON formatter into a buffer; returns the parsed records."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(service="backend"))
+    logger = logging.getLogger("tests.logs")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+
+    def records():
+        lines = stream.getvalue().splitlines()
+        parsed = [json.loads(line) for line in lines]
+        for record in parsed:
+            VALIDATOR.validate(record)
+        return parsed
+
+    yield logger, records
+    logger.handlers[:] = []
+
+
+def tracer(sampler):
+    return TracerProvider(sampler=sampler).get_tracer("tests")
+
+
+def test_record_outside_any_span_has_no_trace_ids(emit):
+    logger, records = emit
+    logger.info("hello %s", "world", extra={"user_id": "user-789", "action": "payment_processing"})
+    (r,) = records()
+    assert r["message"] == "hello world"
+    assert r["service"] == "backend" and r["logger"] == "tests.logs" and r["level"] == "INFO"
+    assert r["correlation_id"] is None
+    assert "trace_id" not in r and "span_id" not in r
+    assert r["user_id"] == "user-789" and r["action"] == "payment_processing"
+    assert r["timestamp"].endswith("Z") and len(r["timestamp"]) == 24
+
+
+def test_record_inside_sampled_span_carries_its_ids(emit):
+    logger, records = emit
+    with tracer(ALWAYS_ON).start_as_current_span("work") as span:
+        logger.warning("inside")
+    (r,) = records()
+    ctx = span.get_span_context()
+    assert r["trace_id"] == f"{ctx.trace_id:032x}"
+    assert r["span_id"] == f"{ctx.span_id:016x}"
+    assert int(r["trace_flags"], 16) & 1 == 1  # sampled (OTel also sets W3C level 2's "random" bit)
+    assert r["level"] == "WARNING"
+
+
+def test_record_inside_unsampled_span_carries_ids_flagged_unsampled(emit):
+    logger, records = emit
+    with tracer(ALWAYS_OFF).start_as_current_span("work") as span:
+        logger.info("inside")
+    (r,) = records()
+    assert not span.is_recording()
+    assert r["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+    assert int(r["trace_flags"], 16) & 1 == 0
+
+
+def test_invalid_span_context_never_logs_zero_ids(emit):
+    from opentelemetry import trace
+
+    logger, records = emit
+    with trace.use_span(trace.INVALID_SPAN):
+        logger.info("x", extra={"trace_id": "0" * 32, "span_id": "0" * 16})
+    (r,) = records()
+    assert "trace_id" not in r and "span_id" not in r
+
+
+def test_every_level_validates(emit):
+    logger, records = emit
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL):
+        logger.log(level, "m")
+    assert [r["level"] for r in records()] == ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def test_exception_becomes_error_fields_and_stacktrace_without_locals(emit):
+    logger, records = emit
+
+    def charge():
+        password = "hunter2-local-variable"  # noqa: F841 - must never be logged
+        raise ValueError("Insufficient funds")
+
+    try:
+        charge()
+    except ValueError:
+        logger.exception("payment failed", extra={"error_code": "PAYMENT_001", "duration_ms": 245})
+    (r,) = records()
+    assert r["error"] == "Insufficient funds"
+    assert r["error_type"] == "ValueError"
+    assert r["error_code"] == "PAYMENT_001" and r["duration_ms"] == 245
+    assert "Traceback" in r["stacktrace"] and "in charge" in r["stacktrace"]
+    assert "hunter2-local-variable" not in json.dumps(r)
+
+
+def test_log_injection_stays_one_record(emit):
+    logger, records = emit
+    logger.info('legit\r\n{"level":"CRITICAL","message":"forged"}\x00\x1b[31m\x7f\u2028end')
+    (r,) = records()
+    assert r["level"] == "INFO"
+    assert r["message"].startswith('legit\r\n{"level":"CRITICAL"')
+    assert r["message"].endswith("\u2028end")
+
+
+def test_reserved_fields_cannot_be_overwritten(emit):
+    logger, records = emit
+    with bakhmach_obs.log_context(service="evil", timestamp="1970", level="DEBUG", correlation_id="forged"):
+        logger.info("m", extra={"logger": "evil", "level": "CRITICAL", "service": "evil", "span_id": "x"})
+    (r,) = records()
+    assert r["service"] == "backend" and r["level"] == "INFO" and r["logger"] == "tests.logs"
+    assert r["correlation_id"] is None
+    assert "span_id" not in r
+
+
+def test_unserialisable_values_are_rendered_safely(emit):
+    logger, records = emit
+
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("no str")
+
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    logger.info(
+        "m",
+        extra={
+            "when": datetime.datetime(2026, 1, 2, 19, 30, tzinfo=datetime.timezone.utc),
+            "amount": decimal.Decimal("12.50"),
+            "tags": {"a"},
+            "blob": b"\x00\xff",
+            "obj": object(),
+            "broken": Unprintable(),
+        },
+    )
+    (r,) = records()
+    assert r["when"].startswith("2026-01-02T19:30:00")
+    assert r["amount"] == "12.50"
+    assert isinstance(r["obj"], str)
+
+
+def test_redaction_applies_to_fields_messages_and_exceptions(emit):
+    logger, records = emit
+    try:
+        raise PermissionError("token rejected: Bearer abcdefghijklmnopqrstuvwxyz123456")
+    except PermissionError:
+        logger.exception(
+            "paying with 4111 1111 1111 1111",
+            extra={"password": "hunter2", "request": {"headers": {"Authorization": "Basic dXNlcjpwYXNz"}}},
+        )
+    (r,) = records()
+    text = json.dumps(r)
+    for secret in (
+        "hunter2",
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "dXNlcjpwYXNz",
+        "abcdefghijklmnopqrstuvwxyz123456",
+    ):
+        assert secret not in text, secret
+    assert r["password"] == "[REDACTED]"
+
+
+def test_bound_context_and_correlation_id_reach_records(emit):
+    logger, records = emit
+    with bakhmach_obs.correlation_scope("req-12345"), bakhmach_obs.log_context(user_id="user-789", tenant="acme"):
+        logger.info("m", extra={"tenant": "override"})
+    (r,) = records()
+    assert r["correlation_id"] == "req-12345"
+    assert r["user_id"] == "user-789"
+    assert r["tenant"] == "override"  # the call site is more specific than the bound context
+
+
+def test_context_is_isolated_between_asyncio_tasks_and_threads(emit):
+    logger, records = emit
+
+    async def task(i):
+        with bakhmach_obs.correlation_scope(f"task-{i}"), bakhmach_obs.log_context(user_id=f"user-{i}"):
+            for _ in range(3):
+                await asyncio.sleep(0)
+                logger.info("step", extra={"expect": i})
+
+    async def main():
+        await asyncio.gather(*(task(i) for i in range(100)))
+
+    def thread(i):
+        bakhmach_obs.bind(user_id=f"user-t{i}")
+        bakhmach_obs.context.set_correlation_id(f"thread-{i}")
+        for _ in range(20):
+            logger.info("step", extra={"expect": f"t{i}"})
+
+    asyncio.run(main())
+    threads = [threading.Thread(target=thread, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out = records()
+    assert len(out) == 300 + 160
+    for r in out:
+        expect = r["expect"]
+        if isinstance(expect, int):
+            assert r["user_id"] == f"user-{expect}" and r["correlation_id"] == f"task-{expect}"
+        else:
+            assert r["user_id"] == f"user-{expect}" and r["correlation_id"] == f"thread-{expect[1:]}"
+    assert bakhmach_obs.correlation_id() is None
+    assert "user_id" not in bakhmach_obs.bound_fields()
+
+
+def test_log_context_restores_previous_fields():
+    with bakhmach_obs.log_context(a=1):
+        with bakhmach_obs.log_context(a=2, b=3):
+            assert dict(bakhmach_obs.bound_fields()) == {"a": 2, "b": 3}
+        assert dict(bakhmach_obs.bound_fields()) == {"a": 1}
+    assert dict(bakhmach_obs.bound_fields()) == {}
+
+
+def test_instrument_failure_log_validates_and_carries_span_ids():
+    stream = io.StringIO()
+    bakhmach_obs.configure(service_name="backend", log_format="json", log_stream=stream, traces_exporter="memory",
+                           traces_sampler="always_on")  # fmt: skip
+
+    class PaymentError(Exception):
+        error_code = "PAYMENT_001"
+
+    @bakhmach_obs.instrument(action="payment_processing")
+    def charge():
+        raise PaymentError("Insufficient funds")
+
+    @bakhmach_obs.instrument
+    def lines():
+        yield 1
+        raise PaymentError("mid-stream")
+
+    with bakhmach_obs.correlation_scope("req-12345"), bakhmach_obs.log_context(user_id="user-789"):
+        with pytest.raises(PaymentError):
+            charge()
+        with pytest.raises(PaymentError):
+            list(lines())
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(records) == 2
+    for r in records:
+        VALIDATOR.validate(r)
+        assert r["level"] == "ERROR" and r["service"] == "backend"
+        assert r["correlation_id"] == "req-12345" and r["user_id"] == "user-789"
+        assert r["error_code"] == "PAYMENT_001" and "trace_id" in r and "span_id" in r
+    assert records[0]["action"] == "payment_processing" and records[0]["error"] == "Insufficient funds"
+
+
+def test_configure_twice_installs_one_handler():
+    root = logging.getLogger()
+    before = len(root.handlers)
+    bakhmach_obs.configure(service_name="a", log_format="json", log_stream=io.StringIO())
+    bakhmach_obs.configure(service_name="b", log_format="console", log_stream=io.StringIO())
+    bakhmach_obs.configure(service_name="c", log_format="json", log_stream=io.StringIO(), log_level="warn")
+    assert len(root.handlers) == before + 1
+    assert root.level == logging.WARNING
+    bakhmach_obs.configure(service_name="d", log_format="none")
+    assert len(root.handlers) == before
+
+
+def test_console_format_is_readable_redacted_and_single_line():
+    record = logging.LogRecord("shop", logging.INFO, __file__, 1, "paid\r\nforged", (), None)
+    record.password = "hunter2"
+    with bakhmach_obs.correlation_scope("req-1"):
+        line = ConsoleFormatter().format(record)
+    assert "\n" not in line and "\r" not in line
+    assert "INFO" in line and "shop: paid" in line and "correlation_id=req-1" in line
+    assert "hunter2" not in line and "password=[REDACTED]" in line
