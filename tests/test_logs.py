@@ -303,3 +303,62 @@ def test_console_format_is_readable_redacted_and_single_line():
     assert "\n" not in line and "\r" not in line
     assert "INFO" in line and "shop: paid" in line and "correlation_id=req-1" in line
     assert "hunter2" not in line and "password=[REDACTED]" in line
+
+
+def test_configure_ships_to_logstash_and_shutdown_flushes(registry):
+    """configure(logstash_address=...) end to end against a real TCP listener."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    received = bytearray()
+
+    def accept():
+        conn, _ = server.accept()
+        with conn:
+            while chunk := conn.recv(65536):
+                received.extend(chunk)
+
+    reader = threading.Thread(target=accept, daemon=True)
+    reader.start()
+    try:
+        bakhmach_obs.configure(
+            service_name="shipper", registry=registry, log_format="none", logstash_address=f"127.0.0.1:{port}",
+            traces_exporter="none",
+        )  # fmt: skip
+        log = logging.getLogger("tests.shipping")
+        for i in range(5):
+            log.warning("shipped %d", i, extra={"seq": i, "api_key": "k-secret"})
+        assert bakhmach_obs.shutdown(timeout=5.0) is True
+        reader.join(5)
+    finally:
+        server.close()
+    lines = bytes(received).decode().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["seq"] for r in records] == [0, 1, 2, 3, 4]
+    for r in records:
+        VALIDATOR.validate(r)
+        assert r["service"] == "shipper" and r["api_key"] == "[REDACTED]"
+    assert registry.get_sample_value("bakhmach_obs_log_records_dropped_total", {"reason": "queue_full"}) is None
+
+
+def test_logstash_down_never_blocks_and_counts_drops(registry):
+    import socket
+    import time
+
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now: connections are refused
+    bakhmach_obs.configure(
+        service_name="shipper", registry=registry, log_format="none", logstash_address=f"127.0.0.1:{port}",
+        logstash_queue_size=10, traces_exporter="none",
+    )  # fmt: skip
+    log = logging.getLogger("tests.shipping.down")
+    start = time.monotonic()
+    for i in range(100):
+        log.warning("record %d", i)
+    assert time.monotonic() - start < 0.5
+    assert bakhmach_obs.shutdown(timeout=0.5) is False  # the queued records could not be delivered
+    full = registry.get_sample_value("bakhmach_obs_log_records_dropped_total", {"reason": "queue_full"})
+    gone = registry.get_sample_value("bakhmach_obs_log_records_dropped_total", {"reason": "shutdown"})
+    assert full == 90 and gone == 10
