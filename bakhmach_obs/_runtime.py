@@ -259,12 +259,15 @@ def _shutdown_provider(rt: Runtime, timeout: float) -> bool:
     if provider is None and not handlers:
         return True
     deadline = time.monotonic() + timeout
+    # Processors and handlers get a slightly earlier deadline, so that what they could not deliver
+    # is already counted when the outer deadline returns to the caller.
+    inner = deadline - min(0.1, timeout * 0.1)
     root = logging.getLogger()
     for handler in handlers:
         root.removeHandler(handler)
 
     def remaining() -> float:
-        return max(deadline - time.monotonic(), 0.0)
+        return max(inner - time.monotonic(), 0.0)
 
     def stop() -> None:
         for processor in rt.processors:  # ours first, with the caller's deadline

@@ -677,3 +677,22 @@ def test_telemetry_failure_is_caught_counted_and_never_raised(monkeypatch):
         # plain: start and stop failed; charge has its own cells and recorded normally
         assert cap.sample("bakhmach_obs_telemetry_errors_total", component="instrument") == 2.0
         assert cap.sample("function_calls_total", function="charge", result="error") == 1.0
+
+
+def test_span_attributes_go_through_the_redaction_policy():
+    @instrument(name="with-secret", attributes={"api_key": "k-123", "db.password": "hunter2", "region": "eu"})
+    def f():
+        return 1
+
+    with capture() as cap:
+        f()
+        with bakhmach_obs.span("block", authorization="Bearer abc", route="/x"):
+            pass
+        (s,) = cap.spans("with-secret")
+        assert s.attributes["api_key"] == "[REDACTED]" and s.attributes["db.password"] == "[REDACTED]"
+        assert s.attributes["region"] == "eu"
+        (b,) = cap.spans("block")
+        assert b.attributes["authorization"] == "[REDACTED]" and b.attributes["route"] == "/x"
+    with capture(redact_keys="region") as cap:
+        f()
+        assert cap.spans("with-secret")[0].attributes["region"] == "[REDACTED]"
