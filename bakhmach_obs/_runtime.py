@@ -93,6 +93,8 @@ class Runtime:
         self.tracer = tracer
         self.memory = memory
         self.processors: tuple[Any, ...] = ()
+        #: Starts spans with the sampling decision made up front (None: call the tracer directly).
+        self.spans: Any = None
         self.enabled = not settings.disabled
         self.metrics_enabled = self.enabled and settings.metrics_enabled
         self.exemplars = settings.exemplars and not is_multiprocess()
@@ -107,6 +109,13 @@ class Runtime:
             _rate_limited(component, exc)
         except Exception:  # noqa: BLE001 - the error reporter itself must never fail the app
             pass
+
+    def start_span(self, name: str, kind: Any, attributes: Any, context: Any = None) -> Any:
+        """Start a span through the fast sampler when the SDK set the provider up, else the tracer."""
+        spans = self.spans
+        if spans is not None:
+            return spans.start(name, kind, attributes, context)
+        return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)  # type: ignore[union-attr]
 
     def report_dropped(self, count: int) -> None:
         """Count spans that will never be delivered. Never raises."""
@@ -191,6 +200,10 @@ def build_runtime(
         )  # fmt: skip
         rt.provider, rt.memory, rt.processors = setup.provider, setup.memory, setup.processors
         rt.tracer = setup.provider.get_tracer("bakhmach_obs", __version__)
+        if setup.ids is not None:
+            from .tracing import SpanStarter
+
+            rt.spans = SpanStarter(rt.tracer, settings, setup.ids)
     if rt.enabled and settings.logstash_address is not None:
         from .logstash import LogstashHandler
 

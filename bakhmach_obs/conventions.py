@@ -24,10 +24,25 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "ATTR_CLIENT_ADDRESS",
     "ATTR_CODE_FUNCTION_NAME",
     "ATTR_CODE_NAMESPACE",
     "ATTR_CORRELATION_ID",
     "ATTR_ERROR_TYPE",
+    "ATTR_HTTP_METHOD",
+    "ATTR_HTTP_METHOD_ORIGINAL",
+    "ATTR_HTTP_ROUTE",
+    "ATTR_HTTP_STATUS",
+    "ATTR_PROTOCOL_VERSION",
+    "ATTR_REQUEST_BODY_SIZE",
+    "ATTR_RESPONSE_BODY_SIZE",
+    "ATTR_SERVER_ADDRESS",
+    "ATTR_SERVER_PORT",
+    "ATTR_URL_FULL",
+    "ATTR_URL_PATH",
+    "ATTR_URL_QUERY",
+    "ATTR_URL_SCHEME",
+    "ATTR_USER_AGENT",
     "BUILD_INFO",
     "DEFAULT_CARDINALITY_LIMIT",
     "DROPPED_SPANS",
@@ -35,14 +50,27 @@ __all__ = [
     "FUNCTION_CALLS",
     "FUNCTION_CALLS_CONCURRENT",
     "FUNCTION_CALLS_DURATION",
+    "HTTP_CLIENT_DURATION",
+    "HTTP_KNOWN_METHODS",
+    "HTTP_METHOD_OTHER",
+    "HTTP_ROUTE_UNMATCHED",
+    "HTTP_SERVER_ACTIVE",
+    "HTTP_SERVER_DURATION",
+    "HTTP_SERVER_REQUEST_SIZE",
+    "HTTP_SERVER_RESPONSE_SIZE",
+    "HTTP_SERVER_STREAM_DURATION",
     "LABEL_COMPONENT",
     "LABEL_DEPLOYMENT_ENVIRONMENT",
     "LABEL_FUNCTION",
+    "LABEL_HTTP_METHOD",
+    "LABEL_HTTP_ROUTE",
+    "LABEL_HTTP_STATUS",
     "LABEL_METRIC",
     "LABEL_MODULE",
     "LABEL_REASON",
     "LABEL_RESULT",
     "LABEL_SDK_VERSION",
+    "LABEL_SERVER_ADDRESS",
     "LABEL_SERVICE_NAME",
     "LABEL_SERVICE_VERSION",
     "LOG_DROP_REASONS",
@@ -57,6 +85,7 @@ __all__ = [
     "RESERVED_LOG_FIELDS",
     "RESULT_ERROR",
     "RESULT_OK",
+    "SIZE_BUCKETS",
     "SPAN_ATTRIBUTES",
     "SpanAttribute",
     "TELEMETRY_COMPONENTS",
@@ -126,6 +155,17 @@ LABEL_SDK_VERSION = "sdk_version"
 LABEL_COMPONENT = "component"
 LABEL_METRIC = "metric"
 LABEL_REASON = "reason"
+LABEL_HTTP_METHOD = "http_request_method"
+LABEL_HTTP_ROUTE = "http_route"
+LABEL_HTTP_STATUS = "http_response_status_code"
+LABEL_SERVER_ADDRESS = "server_address"
+
+#: ``http_request_method`` for methods outside the known set (OTel's rule, keeps cardinality bounded).
+HTTP_METHOD_OTHER = "_OTHER"
+#: The methods kept as they are (RFC 9110 plus PATCH); anything else becomes ``_OTHER``.
+HTTP_KNOWN_METHODS = frozenset(("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"))
+#: ``http_route`` for requests no route matched (404 scans collapse into this one value).
+HTTP_ROUTE_UNMATCHED = "__unmatched__"
 
 #: Values of the ``result`` label.
 RESULT_OK = "ok"
@@ -150,6 +190,9 @@ TELEMETRY_COMPONENTS = ("exporter", "instrument", "logging", "metrics", "tracing
 DURATION_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
+
+#: Body sizes in bytes (powers of 4 from 64 B to 64 MiB).
+SIZE_BUCKETS: tuple[float, ...] = tuple(float(64 * 4**i) for i in range(11))
 
 # --- metrics --------------------------------------------------------------------------------
 FUNCTION_CALLS = MetricSpec(
@@ -216,6 +259,63 @@ LOG_RECORDS_DROPPED = MetricSpec(
     labels=(LABEL_REASON,),
 )
 
+HTTP_SERVER_DURATION = MetricSpec(
+    name="http_server_request_duration_seconds",
+    kind="histogram",
+    unit="seconds",
+    help=(
+        "Duration of HTTP server requests, until the last byte of the response was sent; for streaming "
+        "responses, until the first byte (see http_server_stream_duration_seconds)."
+    ),
+    labels=(LABEL_HTTP_METHOD, LABEL_HTTP_ROUTE, LABEL_HTTP_STATUS),
+    buckets=DURATION_BUCKETS,
+    otel_name="http.server.request.duration",
+)
+HTTP_SERVER_STREAM_DURATION = MetricSpec(
+    name="http_server_stream_duration_seconds",
+    kind="histogram",
+    unit="seconds",
+    help="Full duration of streaming and server-sent-event responses, kept out of the request latency.",
+    labels=(LABEL_HTTP_METHOD, LABEL_HTTP_ROUTE, LABEL_HTTP_STATUS),
+    buckets=(0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0),
+)
+HTTP_SERVER_ACTIVE = MetricSpec(
+    name="http_server_active_requests",
+    kind="gauge",
+    unit="",
+    help="HTTP server requests in progress right now.",
+    labels=(LABEL_HTTP_METHOD,),
+    otel_name="http.server.active_requests",
+    multiprocess_mode="livesum",
+)
+HTTP_SERVER_REQUEST_SIZE = MetricSpec(
+    name="http_server_request_body_size_bytes",
+    kind="histogram",
+    unit="bytes",
+    help="Size of HTTP server request bodies, in bytes.",
+    labels=(LABEL_HTTP_METHOD, LABEL_HTTP_ROUTE),
+    buckets=SIZE_BUCKETS,
+    otel_name="http.server.request.body.size",
+)
+HTTP_SERVER_RESPONSE_SIZE = MetricSpec(
+    name="http_server_response_body_size_bytes",
+    kind="histogram",
+    unit="bytes",
+    help="Size of HTTP server response bodies, in bytes.",
+    labels=(LABEL_HTTP_METHOD, LABEL_HTTP_ROUTE, LABEL_HTTP_STATUS),
+    buckets=SIZE_BUCKETS,
+    otel_name="http.server.response.body.size",
+)
+HTTP_CLIENT_DURATION = MetricSpec(
+    name="http_client_request_duration_seconds",
+    kind="histogram",
+    unit="seconds",
+    help="Duration of outgoing HTTP requests, until the response headers arrived.",
+    labels=(LABEL_HTTP_METHOD, LABEL_SERVER_ADDRESS, LABEL_HTTP_STATUS),
+    buckets=DURATION_BUCKETS,
+    otel_name="http.client.request.duration",
+)
+
 #: Every metric family the SDK can emit, in documentation order.
 METRICS: tuple[MetricSpec, ...] = (
     FUNCTION_CALLS,
@@ -226,6 +326,12 @@ METRICS: tuple[MetricSpec, ...] = (
     DROPPED_SPANS,
     METRIC_OVERFLOW,
     LOG_RECORDS_DROPPED,
+    HTTP_SERVER_DURATION,
+    HTTP_SERVER_STREAM_DURATION,
+    HTTP_SERVER_ACTIVE,
+    HTTP_SERVER_REQUEST_SIZE,
+    HTTP_SERVER_RESPONSE_SIZE,
+    HTTP_CLIENT_DURATION,
 )
 
 _BY_NAME = {m.name: m for m in METRICS}
@@ -245,6 +351,21 @@ ATTR_CODE_FUNCTION_NAME = "code.function.name"
 ATTR_CODE_NAMESPACE = "code.namespace"
 ATTR_ERROR_TYPE = "error.type"
 ATTR_CORRELATION_ID = "bakhmach.correlation_id"
+ATTR_HTTP_METHOD = "http.request.method"
+ATTR_HTTP_METHOD_ORIGINAL = "http.request.method_original"
+ATTR_HTTP_ROUTE = "http.route"
+ATTR_HTTP_STATUS = "http.response.status_code"
+ATTR_URL_PATH = "url.path"
+ATTR_URL_QUERY = "url.query"
+ATTR_URL_SCHEME = "url.scheme"
+ATTR_URL_FULL = "url.full"
+ATTR_SERVER_ADDRESS = "server.address"
+ATTR_SERVER_PORT = "server.port"
+ATTR_CLIENT_ADDRESS = "client.address"
+ATTR_USER_AGENT = "user_agent.original"
+ATTR_PROTOCOL_VERSION = "network.protocol.version"
+ATTR_REQUEST_BODY_SIZE = "http.request.body.size"
+ATTR_RESPONSE_BODY_SIZE = "http.response.body.size"
 
 SPAN_ATTRIBUTES: tuple[SpanAttribute, ...] = (
     SpanAttribute(ATTR_CODE_FUNCTION_NAME, "Fully qualified name of the instrumented function."),
@@ -255,6 +376,21 @@ SPAN_ATTRIBUTES: tuple[SpanAttribute, ...] = (
         "marked a returned value as an error.",
     ),
     SpanAttribute(ATTR_CORRELATION_ID, "The request's correlation id, when one is bound."),
+    SpanAttribute(ATTR_HTTP_METHOD, "HTTP method, or `_OTHER` for a method outside the known set."),
+    SpanAttribute(ATTR_HTTP_METHOD_ORIGINAL, "The method as received, when it was replaced by `_OTHER`."),
+    SpanAttribute(ATTR_HTTP_ROUTE, "The route template (`/users/{user_id}`), never the raw path."),
+    SpanAttribute(ATTR_HTTP_STATUS, "HTTP response status code."),
+    SpanAttribute(ATTR_URL_PATH, "Server spans: the request path."),
+    SpanAttribute(ATTR_URL_QUERY, "Server spans: the query string, redacted."),
+    SpanAttribute(ATTR_URL_SCHEME, "`http` or `https`."),
+    SpanAttribute(ATTR_URL_FULL, "Client spans: the full URL, with userinfo and signed-URL keys redacted."),
+    SpanAttribute(ATTR_SERVER_ADDRESS, "Host the request was sent to (client) or received on (server)."),
+    SpanAttribute(ATTR_SERVER_PORT, "Port of that host."),
+    SpanAttribute(ATTR_CLIENT_ADDRESS, "Server spans: the peer's address."),
+    SpanAttribute(ATTR_USER_AGENT, "The `User-Agent` header."),
+    SpanAttribute(ATTR_PROTOCOL_VERSION, "HTTP version: `1.1`, `2`."),
+    SpanAttribute(ATTR_REQUEST_BODY_SIZE, "Request body size in bytes, when known."),
+    SpanAttribute(ATTR_RESPONSE_BODY_SIZE, "Response body size in bytes."),
 )
 
 # --- log fields -----------------------------------------------------------------------------

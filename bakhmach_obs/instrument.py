@@ -124,7 +124,7 @@ class _Site:
         cid = CORRELATION_ID.get()
         if cid is not None:
             attributes = {**attributes, conventions.ATTR_CORRELATION_ID: cid}
-        return self.tracer.start_span(self.span_name, kind=_INTERNAL, attributes=attributes)  # type: ignore[union-attr]
+        return self.rt.start_span(self.span_name, _INTERNAL, attributes)  # type: ignore[no-any-return]
 
     def enter(self) -> Token[Mapping[str, Any]] | None:
         self.cells.start()

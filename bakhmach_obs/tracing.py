@@ -16,12 +16,14 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import random
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
@@ -32,6 +34,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -39,6 +42,7 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
+from opentelemetry.trace import SpanKind
 
 from .config import Settings
 
@@ -52,6 +56,9 @@ __all__ = [
 ]
 
 _log = logging.getLogger("bakhmach_obs.tracing")
+_getrandbits = random.getrandbits
+_TRACE_ID_LIMIT = (1 << 64) - 1
+_UNSAMPLED = trace.TraceFlags(0)
 
 
 class ExportFailedError(Exception):
@@ -91,6 +98,80 @@ def run_with_deadline(fn: Callable[[], Any], timeout: float, name: str) -> bool:
     thread = threading.Thread(target=target, name=f"bakhmach-obs-{name}", daemon=True)
     thread.start()
     return done.wait(max(timeout, 0.0))
+
+
+class PrimedIdGenerator(RandomIdGenerator):
+    """The SDK's random ids, except that the next trace id can be set in advance (per thread).
+
+    :class:`SpanStarter` draws a root trace id, makes the sampling decision itself and only calls
+    the SDK when the span is sampled; priming makes the SDK use that same id (so its own sampler
+    reaches the same decision).
+    """
+
+    def __init__(self) -> None:
+        self._next = threading.local()
+
+    def prime(self, trace_id: int) -> None:
+        self._next.trace_id = trace_id
+
+    def generate_trace_id(self) -> int:
+        primed = getattr(self._next, "trace_id", None)
+        if primed is not None:
+            self._next.trace_id = None
+            return int(primed)
+        return super().generate_trace_id()
+
+
+def _rand64() -> int:
+    value = _getrandbits(64)
+    while not value:
+        value = _getrandbits(64)
+    return value
+
+
+class SpanStarter:
+    """Start spans, deciding sampling before the SDK does, so a dropped span costs ~1 µs, not ~20.
+
+    For the samplers the SDK is configured with here (``always_*``, ``traceidratio`` and their
+    ``parentbased_`` forms) the decision is a pure function of the parent's sampled flag and the
+    trace id, exactly as OpenTelemetry's samplers compute it. A span that would be dropped becomes a
+    ``NonRecordingSpan`` with fresh, valid ids (so ``traceparent`` still propagates downstream and
+    logs still correlate); a sampled one is created by the SDK with the same trace id.
+    """
+
+    __slots__ = ("_bound", "_ids", "_parent_based", "_root", "_tracer")
+
+    def __init__(self, tracer: Any, settings: Settings, ids: PrimedIdGenerator) -> None:
+        self._tracer = tracer
+        self._ids = ids
+        name = settings.traces_sampler
+        self._parent_based = name.startswith("parentbased_")
+        self._root = name.removeprefix("parentbased_")  # always_on | always_off | traceidratio
+        self._bound = TraceIdRatioBased.get_bound_for_rate(settings.traces_sampler_arg)
+
+    def _sampled_root(self, trace_id: int) -> bool:
+        root = self._root
+        if root == "traceidratio":
+            return trace_id & _TRACE_ID_LIMIT < self._bound
+        return root == "always_on"
+
+    def start(self, name: str, kind: SpanKind, attributes: Any, context: Any = None) -> Any:
+        """A span for ``name``: the SDK's when sampled, else a cheap non-recording one."""
+        parent = trace.get_current_span(context).get_span_context()
+        if parent.is_valid:
+            sampled = parent.trace_flags.sampled if self._parent_based else self._sampled_root(parent.trace_id)
+            if sampled:
+                return self._tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+            return trace.NonRecordingSpan(
+                trace.SpanContext(
+                    parent.trace_id, _rand64(), False, trace.TraceFlags(parent.trace_flags & ~1), parent.trace_state
+                )
+            )
+        trace_id = _getrandbits(128) or 1
+        if self._sampled_root(trace_id):
+            self._ids.prime(trace_id)
+            return self._tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+        return trace.NonRecordingSpan(trace.SpanContext(trace_id, _rand64(), False, _UNSAMPLED))
 
 
 class BoundedBatchSpanProcessor(SpanProcessor):
@@ -228,10 +309,12 @@ class TracingSetup:
         provider: TracerProvider,
         memory: InMemorySpanExporter | None,
         processors: Sequence[BoundedBatchSpanProcessor] = (),
+        ids: PrimedIdGenerator | None = None,
     ) -> None:
         self.provider = provider
         self.memory = memory
         self.processors = tuple(processors)
+        self.ids = ids
 
 
 def _resource(settings: Settings) -> Resource:
@@ -258,7 +341,10 @@ def build_tracing(
     extra_processors: Sequence[SpanProcessor] = (),
 ) -> TracingSetup:
     """Build a tracer provider from settings (exporters, sampler, resource)."""
-    provider = TracerProvider(sampler=build_sampler(settings), resource=_resource(settings), shutdown_on_exit=False)
+    ids = PrimedIdGenerator()
+    provider = TracerProvider(
+        sampler=build_sampler(settings), resource=_resource(settings), shutdown_on_exit=False, id_generator=ids
+    )
     memory: InMemorySpanExporter | None = None
     bounded: list[BoundedBatchSpanProcessor] = []
     for name in settings.traces_exporter:
@@ -284,4 +370,4 @@ def build_tracing(
             provider.add_span_processor(SimpleSpanProcessor(memory))
     for extra in extra_processors:
         provider.add_span_processor(extra)
-    return TracingSetup(provider, memory, bounded)
+    return TracingSetup(provider, memory, bounded, ids)
