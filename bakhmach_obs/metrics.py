@@ -44,6 +44,8 @@ from .conventions import OVERFLOW_LABEL, MetricSpec
 __all__ = [
     "CallCells",
     "Counter",
+    "GaugeCell",
+    "HistogramCell",
     "Gauge",
     "Histogram",
     "MetricSet",
@@ -321,6 +323,64 @@ class CallCells:
         """Attach a ``trace_id``/``span_id`` exemplar to bucket ``index`` (last one wins)."""
         if index >= 0:
             self.buckets[index]._exemplar = _LazyExemplar(trace_id, span_id, duration, time.time())
+
+
+def _lock_of(value: Any) -> threading.Lock:
+    return value._lock if isinstance(value, _SharedValue) else threading.Lock()
+
+
+def _shared_with(value: Any, lock: threading.Lock) -> Any:
+    """``value`` as a :class:`_SharedValue` on ``lock`` (already shared values keep their own lock)."""
+    if isinstance(value, _SharedValue):
+        return value
+    return _SharedValue(lock, value.get(), value.get_exemplar())
+
+
+class HistogramCell:
+    """A histogram child observed under one lock (``observe`` costs one lock, a bisect, two adds).
+
+    A child keeps the lock it was first given, so several cells may wrap the same child safely.
+    In multiprocess mode the child's mmap values are updated through ``inc``.
+    """
+
+    __slots__ = ("bounds", "buckets", "lock", "sum")
+
+    def __init__(self, child: Any) -> None:
+        self.bounds = tuple(child._upper_bounds)
+        if is_multiprocess():
+            self.lock: threading.Lock | None = None
+        else:
+            lock = self.lock = _lock_of(child._sum)
+            child._sum = _shared_with(child._sum, lock)
+            child._buckets[:] = [_shared_with(b, lock) for b in child._buckets]
+        self.sum, self.buckets = child._sum, child._buckets
+
+    def observe(self, value: float) -> int:
+        """Record ``value``; returns the bucket index."""
+        i = bisect_left(self.bounds, value)
+        lock = self.lock
+        if lock is None:
+            self.sum.inc(value)
+            self.buckets[i].inc(1)
+            return i
+        with lock:
+            self.sum._value += value
+            self.buckets[i]._value += 1
+        return i
+
+
+class GaugeCell:
+    """A gauge or counter child updated under its own lock, without per-call validation."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, child: Any) -> None:
+        if not is_multiprocess():
+            child._value = _shared_with(child._value, _lock_of(child._value))
+        self.value = child._value
+
+    def inc(self, amount: float) -> None:
+        self.value.inc(amount)
 
 
 class MultiprocessCallCells(CallCells):

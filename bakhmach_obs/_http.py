@@ -1,0 +1,420 @@
+"""What the ASGI, WSGI and Django adapters share: options, exclusions, headers, one request's record.
+
+Every adapter does the same five things per request, in one pass: skip excluded paths, continue
+the caller's trace and correlation id, count the request as active, and when the response is
+complete record the duration and sizes by route, finish the span and write one access-log record.
+:class:`ServerCore` holds what is decided once per middleware (options, bound metric families,
+caches); :class:`Exchange` holds one request's state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable
+from contextvars import Token
+from random import getrandbits
+from re import Pattern
+from time import perf_counter
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.composite import CompositePropagator
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from . import _runtime
+from . import conventions as c
+from .context import CORRELATION_ID, SUPPRESSED
+from .logs import exception_type_name
+from .metrics import GaugeCell, HistogramCell
+
+__all__ = [
+    "DEFAULT_EXCLUDED_PATHS",
+    "Exchange",
+    "ServerCore",
+    "correlation_id_from",
+    "normalize_method",
+    "parse_traceparent",
+]
+
+#: Health, readiness and metrics endpoints: excluded from metrics, spans and access logs alike.
+DEFAULT_EXCLUDED_PATHS = (
+    "/health",
+    "/health/live",
+    "/health/ready",
+    "/health/startup",
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/metrics",
+)
+ACCESS_LOGGER = "bakhmach_obs.access"
+
+_CID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?")
+_KNOWN = c.HTTP_KNOWN_METHODS
+_SERVER = SpanKind.SERVER
+_ERROR = StatusCode.ERROR
+_attach = otel_context.attach
+_detach = otel_context.detach
+
+
+def normalize_method(method: str) -> str:
+    """The method if known, else ``_OTHER`` (OpenTelemetry's rule)."""
+    return method if method in _KNOWN else c.HTTP_METHOD_OTHER
+
+
+def correlation_id_from(value: str | None) -> str:
+    """A client-supplied correlation id if it is safe (1-128 of ``A-Za-z0-9._:-``), else a fresh one."""
+    if value and len(value) <= 128 and _CID.fullmatch(value):
+        return value
+    return "%032x" % getrandbits(128)  # noqa: UP031 - the fastest formatting
+
+
+def parse_traceparent(traceparent: str | None, tracestate: str | None = None) -> Any:
+    """An OpenTelemetry context continuing a valid W3C ``traceparent``, else ``None``. Never raises.
+
+    Follows the W3C rules: version ``ff`` and all-zero ids are invalid, version ``00`` takes no
+    extra fields, a higher version's extra fields are ignored, values over 512 characters are
+    rejected, and ``tracestate`` is read only when ``traceparent`` is valid.
+    """
+    if not traceparent or len(traceparent) > 512:
+        return None
+    match = _TRACEPARENT.fullmatch(traceparent.strip())
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    state = None
+    if tracestate:
+        try:
+            state = TraceState.from_header([tracestate[:512]])
+        except Exception:  # noqa: BLE001 - a malformed tracestate is dropped, never raised
+            state = None
+    ctx = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags, 16)), trace_state=state)
+    return trace.set_span_in_context(NonRecordingSpan(ctx))
+
+
+def _default_propagators() -> bool:
+    """True when the global propagator is OTel's default (tracecontext + baggage), parsed here directly."""
+    prop = propagate.get_global_textmap()
+    if not isinstance(prop, CompositePropagator):
+        return isinstance(prop, TraceContextTextMapPropagator)
+    kinds = {type(p).__name__ for p in prop._propagators}
+    return kinds <= {"TraceContextTextMapPropagator", "W3CBaggagePropagator"}
+
+
+class _Binding:
+    """Metric families and caches bound to one runtime (rebuilt when ``configure()`` runs again)."""
+
+    __slots__ = ("access", "active", "duration", "fast_propagation", "redaction", "routes", "rt", "spans", "stream")
+
+    def __init__(self, rt: _runtime.Runtime) -> None:
+        self.rt = rt
+        self.spans = rt.tracer is not None
+        self.redaction = rt.redaction
+        self.access = logging.getLogger(ACCESS_LOGGER)
+        self.fast_propagation = _default_propagators()
+        self.routes: dict[tuple[str, str, int], tuple[HistogramCell, HistogramCell, HistogramCell]] = {}
+        self.active: dict[str, GaugeCell] = {}
+        self.duration = self.stream = None
+        if rt.metrics_enabled:
+            ms = rt.metric_set
+            self.duration = ms.get(c.HTTP_SERVER_DURATION)
+            self.stream = ms.get(c.HTTP_SERVER_STREAM_DURATION)
+
+    def active_cell(self, method: str) -> GaugeCell | None:
+        if self.duration is None:
+            return None
+        cell = self.active.get(method)
+        if cell is None:
+            cell = self.active[method] = GaugeCell(self.rt.metric_set.get(c.HTTP_SERVER_ACTIVE).labels(method))
+        return cell
+
+    def route_cells(self, method: str, route: str, status: int) -> tuple[HistogramCell, HistogramCell, HistogramCell]:
+        key = (method, route, status)
+        cells = self.routes.get(key)
+        if cells is None:
+            ms = self.rt.metric_set
+            code = str(status)
+            cells = (
+                HistogramCell(ms.get(c.HTTP_SERVER_DURATION).labels(method, route, code)),
+                HistogramCell(ms.get(c.HTTP_SERVER_RESPONSE_SIZE).labels(method, route, code)),
+                HistogramCell(ms.get(c.HTTP_SERVER_REQUEST_SIZE).labels(method, route)),
+            )
+            if len(self.routes) < 4 * self.rt.settings.cardinality_limit:
+                self.routes[key] = cells
+        return cells
+
+
+class ServerCore:
+    """What one middleware decides once: exclusions, access-log switch, header names, bindings.
+
+    Args:
+        exclude_paths: paths excluded from every signal, on top of the defaults.
+        exclude_patterns: regular expressions (full match) excluded as well.
+        exclude_defaults: keep :data:`DEFAULT_EXCLUDED_PATHS` excluded (default True).
+        access_log: write one access-log record per request to ``bakhmach_obs.access``.
+        correlation_header: response header echoing the correlation id (``None``: don't echo).
+    """
+
+    def __init__(
+        self,
+        *,
+        exclude_paths: Iterable[str] = (),
+        exclude_patterns: Iterable[str | Pattern[str]] = (),
+        exclude_defaults: bool = True,
+        access_log: bool = True,
+        correlation_header: str | None = "X-Correlation-ID",
+    ) -> None:
+        paths = [*(DEFAULT_EXCLUDED_PATHS if exclude_defaults else ()), *exclude_paths]
+        self.excluded_paths = frozenset(p.rstrip("/") or "/" for p in paths)
+        self.excluded_patterns = tuple(re.compile(p) if isinstance(p, str) else p for p in exclude_patterns)
+        self.access_log = access_log
+        self.correlation_header = correlation_header
+        self._binding: _Binding | None = None
+        self._lock = threading.Lock()
+
+    def excluded(self, path: str) -> bool:
+        """True when ``path`` is excluded from metrics, spans and access logs."""
+        if path in self.excluded_paths or (len(path) > 1 and path.rstrip("/") in self.excluded_paths):
+            return True
+        return any(p.fullmatch(path) for p in self.excluded_patterns)
+
+    def binding(self) -> _Binding | None:
+        """The binding to the current runtime, or ``None`` when the SDK is off or suppressed."""
+        rt = _runtime.CURRENT[0] or _runtime.current()
+        b = self._binding
+        if b is None or b.rt is not rt:
+            with self._lock:
+                b = self._binding
+                if b is None or b.rt is not rt:
+                    b = self._binding = _Binding(rt)
+        if not rt.enabled or SUPPRESSED.get():
+            return None
+        return b
+
+
+class Exchange:
+    """One request: started by an adapter, finished once when its response is complete.
+
+    The adapter calls :meth:`start` before the application, :meth:`response` at the status line,
+    :meth:`body` for each body chunk and :meth:`finish` (idempotent) at the end.
+    """
+
+    __slots__ = (
+        "active",
+        "b",
+        "bytes_out",
+        "cid",
+        "cid_token",
+        "client",
+        "content_length_out",
+        "ctx_token",
+        "done",
+        "error_type",
+        "log_access",
+        "method",
+        "method_raw",
+        "path",
+        "query",
+        "req_size",
+        "route",
+        "scheme",
+        "server",
+        "span",
+        "status",
+        "stream_t0",
+        "t0",
+        "user_agent",
+        "version",
+    )  # fmt: skip
+
+    def __init__(self, binding: _Binding, method: str, path: str, log_access: bool = True) -> None:
+        self.b = binding
+        self.log_access = log_access
+        self.method_raw = method
+        self.method = method if method in _KNOWN else c.HTTP_METHOD_OTHER
+        self.path = path
+        self.status = 0
+        self.bytes_out = 0
+        self.req_size: int | None = None
+        self.route: str | None = None
+        self.error_type: str | None = None
+        self.span: Any = None
+        self.stream_t0: float | None = None
+        self.done = False
+        self.user_agent: str | None = None
+        self.query: str | None = None
+        self.scheme: str | None = None
+        self.version: str | None = None
+        self.server: Any = None
+        self.client: Any = None
+        self.content_length_out: int | None = None
+
+    def start(self, traceparent: str | None, tracestate: str | None, baggage: str | None, cid: str | None) -> str:
+        """Bind the correlation id, start the span (current until :meth:`close`), count as active."""
+        b = self.b
+        self.cid = correlation_id_from(cid)
+        self.cid_token: Token[str | None] = CORRELATION_ID.set(self.cid)
+        self.ctx_token: object = None
+        if b.spans:
+            try:
+                if b.fast_propagation:
+                    parent = parse_traceparent(traceparent, tracestate)
+                    if baggage and parent is not None:
+                        parent = propagate.extract({"baggage": baggage}, context=parent)
+                else:
+                    carrier = {k: v for k, v in (("traceparent", traceparent), ("tracestate", tracestate),
+                                                 ("baggage", baggage)) if v}  # fmt: skip
+                    parent = propagate.extract(carrier)
+                span = self.span = b.rt.start_span(self.method, _SERVER, None, parent)
+                self.ctx_token = _attach(trace.set_span_in_context(span))
+            except Exception as exc:  # noqa: BLE001 - a tracing failure never fails the request
+                b.rt.report_error("tracing", exc)
+                self.span = None
+        active = self.active = b.active_cell(self.method)
+        if active is not None:
+            active.inc(1)
+        self.t0 = perf_counter()
+        return self.cid
+
+    def response(self, status: int, content_length: int | None) -> None:
+        self.status = status
+        self.content_length_out = content_length
+
+    def body(self, size: int, more: bool) -> None:
+        """A body chunk was sent; the last one completes the response."""
+        self.bytes_out += size
+        if more and self.stream_t0 is None and self.content_length_out is None and self.bytes_out:
+            # Streaming (chunked, server-sent events): the request latency is the time to first byte.
+            self.stream_t0 = perf_counter()
+        if not more:
+            self.finish(None)
+
+    def finish(self, exc: BaseException | None, route: str | None = None) -> None:
+        """Record everything once: metrics by route, the span, the access log."""
+        if self.done:
+            return
+        self.done = True
+        end = perf_counter()
+        b = self.b
+        if route is not None:
+            self.route = route
+        route = self.route or c.HTTP_ROUTE_UNMATCHED
+        if exc is not None:
+            self.error_type = exception_type_name(exc)
+            if not self.status:
+                self.status = 500
+        status = self.status or 500
+        streaming = self.stream_t0 is not None
+        latency = (self.stream_t0 if streaming else end) - self.t0  # type: ignore[operator]
+        try:
+            if b.duration is not None:
+                duration, size_out, size_in = b.route_cells(self.method, route, status)
+                duration.observe(latency)
+                size_out.observe(self.bytes_out)
+                if self.req_size is not None:
+                    size_in.observe(self.req_size)
+                if streaming:
+                    b.stream.labels(self.method, route, str(status)).observe(end - self.t0)  # type: ignore[union-attr]
+                if self.active is not None:
+                    self.active.inc(-1)
+        except Exception as err:  # noqa: BLE001
+            b.rt.report_error("metrics", err)
+        span = self.span
+        if span is not None:
+            try:
+                if span.is_recording():
+                    self._annotate(span, route, status)
+            except Exception as err:  # noqa: BLE001
+                b.rt.report_error("tracing", err)
+        if self.log_access:
+            self._access_log(route, status, (end - self.t0) * 1000.0)
+        if span is not None:
+            span.end()
+
+    def _annotate(self, span: Any, route: str, status: int) -> None:
+        attrs: dict[str, Any] = {
+            c.ATTR_HTTP_METHOD: self.method,
+            c.ATTR_HTTP_ROUTE: route,
+            c.ATTR_HTTP_STATUS: status,
+            c.ATTR_URL_PATH: self.path,
+            c.ATTR_CORRELATION_ID: self.cid,
+            c.ATTR_RESPONSE_BODY_SIZE: self.bytes_out,
+        }
+        if self.method != self.method_raw:
+            attrs[c.ATTR_HTTP_METHOD_ORIGINAL] = self.method_raw
+        if self.scheme:
+            attrs[c.ATTR_URL_SCHEME] = self.scheme
+        if self.query:
+            attrs[c.ATTR_URL_QUERY] = self.b.redaction.redact_text("?" + self.query)[1:]
+        if self.version:
+            attrs[c.ATTR_PROTOCOL_VERSION] = self.version
+        if self.user_agent:
+            attrs[c.ATTR_USER_AGENT] = self.user_agent
+        if self.server:
+            attrs[c.ATTR_SERVER_ADDRESS], attrs[c.ATTR_SERVER_PORT] = self.server[0], self.server[1]
+        if self.client:
+            attrs[c.ATTR_CLIENT_ADDRESS] = self.client[0]
+        if self.req_size is not None:
+            attrs[c.ATTR_REQUEST_BODY_SIZE] = self.req_size
+        if self.error_type is not None:
+            attrs[c.ATTR_ERROR_TYPE] = self.error_type
+        elif status >= 500:
+            attrs[c.ATTR_ERROR_TYPE] = str(status)
+        span.set_attributes(attrs)
+        span.update_name(f"{self.method} {route}" if self.method != c.HTTP_METHOD_OTHER else f"HTTP {route}")
+        if status >= 500 or self.error_type is not None:
+            span.set_status(Status(_ERROR, self.error_type or str(status)))
+
+    def _access_log(self, route: str, status: int, duration_ms: float) -> None:
+        logger = self.b.access
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        try:
+            extra = {
+                "http_method": self.method_raw if len(self.method_raw) <= 16 else self.method,
+                "http_route": route,
+                "http_status": status,
+                "duration_ms": round(duration_ms, 3),
+                "path": self.path,
+                "user_agent": self.user_agent,
+            }
+            if self.error_type is not None:
+                extra["error_type"] = self.error_type
+            level = logging.ERROR if status >= 500 else logging.INFO
+            # makeRecord + handle: the same record as logger.info, without walking the stack
+            record = logger.makeRecord(
+                logger.name, level, "(bakhmach_obs)", 0, "%s %s %s", (self.method, route, status), None, extra=extra
+            )
+            logger.handle(record)
+        except Exception as err:  # noqa: BLE001
+            self.b.rt.report_error("logging", err)
+
+    def close(self) -> None:
+        """Detach the span and restore the correlation id (after the application returned)."""
+        if self.ctx_token is not None:
+            _detach(self.ctx_token)  # type: ignore[arg-type]
+        CORRELATION_ID.reset(self.cid_token)
+
+
+def route_from(route: Any) -> str | None:
+    """A framework route object's template (Starlette/FastAPI routes, mounts), or a plain string."""
+    if route is None or isinstance(route, str):
+        return route
+    fmt = getattr(route, "path_format", None)
+    if isinstance(fmt, str):
+        return fmt
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None
+
+
+Resolver = Callable[[dict[str, Any]], "str | None"]
