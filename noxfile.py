@@ -45,9 +45,10 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Per-call overhead of @instrument against hand-rolled ideals (ratios; not a test)."""
-    session.install(".[orjson]")
+    session.install(".[orjson,test,bench]")
     session.run("python", "benchmarks/bench_instrument.py", *session.posargs)
     session.run("python", "benchmarks/bench_logs.py", *session.posargs)
+    session.run("python", "benchmarks/bench_http.py", *session.posargs)
 
 
 @nox.session

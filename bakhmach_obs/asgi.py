@@ -1,7 +1,9 @@
 """Pure ASGI middleware: HTTP metrics by route, a SERVER span, correlation id and access log.
 
 Works under any ASGI framework; with Starlette and FastAPI the route template is read after
-routing, including mounted sub-apps, ``root_path`` and included routers. One pass per request:
+routing (``scope["route"]``), including included routers, ``root_path`` and mounted sub-apps
+(the prefix a mount adds to ``root_path`` is mapped back to the mount's template through the
+router, so mount path parameters never become label values). One pass per request:
 
 * ``http_server_request_duration_seconds{http_request_method, http_route, http_response_status_code}``,
   ``http_server_active_requests{http_request_method}``, request and response body sizes;
@@ -53,35 +55,7 @@ _WANTED = {
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 
 
-class _RouteScope(dict):  # type: ignore[type-arg]
-    """The request scope, remembering every ``scope["route"] = ...`` the routers make on the way in.
-
-    Starlette's router records the matched route at each level (a mount, then the route inside
-    it); the chain gives the full template without matching the path a second time.
-    """
-
-    __slots__ = ("entry_root", "routes")
-
-    def __init__(self, scope: Scope) -> None:
-        super().__init__(scope)
-        self.routes: list[Any] = []
-        self.entry_root: str = scope.get("root_path") or ""
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key == "route":
-            self.routes.append(value)
-        dict.__setitem__(self, key, value)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        other = dict(*args, **kwargs)
-        route = other.get("route")
-        if route is not None and (not self.routes or self.routes[-1] is not route):
-            self.routes.append(route)
-        dict.update(self, other)
-
-
-_templates: dict[tuple[int, ...], str] = {}
-_mount_prefixes: dict[str, str] = {}
+_prefixes: dict[tuple[int, str], str] = {}
 
 
 def _is_mount(route: Any) -> bool:
@@ -89,52 +63,43 @@ def _is_mount(route: Any) -> bool:
     return isinstance(fmt, str) and fmt.endswith("/{path}") and hasattr(route, "routes")
 
 
-def _mount_prefix(scope: _RouteScope) -> str:
-    """The template of the mounts between this middleware and the route, from ``root_path``'s growth.
+def _mount_template(routes: Any, grown: str) -> str:
+    """Map the literal prefix the mounts added to ``root_path`` back to their templates.
 
-    Routers that do not record mounts in the scope (FastAPI's) still extend ``root_path`` with the
-    matched prefix; that literal is mapped back to the mount's template through the router, so a
-    mount with path parameters never puts their values in a label.
+    Walks the router tree (nested mounts included) with the routers' own regexes, so a mount with
+    path parameters (``/orgs/{org_id}``) never puts a value in a label. Unresolvable prefixes
+    that contain digits become ``/{mount}``.
     """
-    root = scope.get("root_path") or ""
-    entry = scope.entry_root
-    if not root.startswith(entry) or len(root) == len(entry):
-        return ""
-    grown = root[len(entry) :]
-    cached = _mount_prefixes.get(grown)
-    if cached is not None:
-        return cached
-    template = grown
-    routes = getattr(scope.get("router"), "routes", None) or getattr(scope.get("app"), "routes", None) or ()
-    for route in routes:
-        regex = getattr(route, "path_regex", None)
-        if _is_mount(route) and regex is not None and regex.match(grown + "/"):
-            template = route.path_format[: -len("/{path}")]
-            break
-    if template == grown and any(ch.isdigit() for ch in grown):
-        template = "/{mount}"  # unknown and possibly variable: never a raw value in a label
-    if len(_mount_prefixes) < 10000:
-        _mount_prefixes[grown] = template
-    return template
-
-
-def _template(routes: list[Any]) -> str | None:
-    key = tuple(map(id, routes))
-    cached = _templates.get(key)
-    if cached is not None:
-        return cached
     parts: list[str] = []
-    for i, route in enumerate(routes):
-        fmt = getattr(route, "path_format", None)
-        if not isinstance(fmt, str):
-            fmt = getattr(route, "path", "") if isinstance(getattr(route, "path", None), str) else ""
-        if i < len(routes) - 1 and fmt.endswith("/{path}"):  # a mount: its prefix only
-            fmt = fmt[: -len("/{path}")]
-        parts.append(fmt)
-    template = "".join(parts) or "/"
-    if len(_templates) < 10000:
-        _templates[key] = template
-    return template
+    rest = grown
+    while rest:
+        for route in routes or ():
+            regex = getattr(route, "path_regex", None)
+            if not _is_mount(route) or regex is None:
+                continue
+            match = regex.match(rest + "/")
+            if match is None:
+                continue
+            remaining = "/" + (match.groupdict().get("path") or "")
+            consumed = rest if remaining == "/" else rest[: len(rest) + 1 - len(remaining)]
+            parts.append(route.path_format[: -len("/{path}")])
+            rest = rest[len(consumed) :]
+            routes = getattr(route, "routes", ())
+            break
+        else:
+            parts.append("/{mount}" if any(ch.isdigit() for ch in rest) else rest)
+            break
+    return "".join(parts)
+
+
+def _route_template(route: Any) -> str | None:
+    if isinstance(route, str):
+        return route
+    fmt = getattr(route, "path_format", None)
+    if isinstance(fmt, str):
+        return fmt
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None
 
 
 class ObservabilityMiddleware:
@@ -174,7 +139,7 @@ class ObservabilityMiddleware:
         self.route_resolver = route_resolver
         self._echo = correlation_header.lower().encode("latin-1") if correlation_header else None
 
-    def _route(self, scope: _RouteScope) -> str | None:
+    def _route(self, scope: Scope, entry_root: str, top: Any) -> str | None:
         explicit = scope.get("bakhmach_obs.route")
         if isinstance(explicit, str):
             return explicit
@@ -183,15 +148,21 @@ class ObservabilityMiddleware:
                 return self.route_resolver(scope)
             except Exception:  # noqa: BLE001 - a faulty resolver costs the route label, not the request
                 return None
-        routes = scope.routes
-        if not routes:
-            route = scope.get("route")
-            return route if isinstance(route, str) else None
-        if len(routes) > 1 and any(_is_mount(r) for r in routes[:-1]):
-            return _template(routes)
-        last = _template(routes[-1:]) or "/"
-        prefix = _mount_prefix(scope)
-        return prefix + last if prefix and last != "/" else (prefix or last)
+        route = _route_template(scope.get("route"))
+        if route is None:
+            return None
+        root = scope.get("root_path") or ""
+        if len(root) > len(entry_root) and root.startswith(entry_root):
+            # Mounts extend root_path by what they matched; map that back to their templates.
+            grown = root[len(entry_root) :]
+            key = (id(top), grown)
+            prefix = _prefixes.get(key)
+            if prefix is None:
+                prefix = _mount_template(getattr(top, "routes", None), grown)
+                if len(_prefixes) < 10000:
+                    _prefixes[key] = prefix
+            return prefix + route if route != "/" else prefix
+        return route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -240,7 +211,8 @@ class ObservabilityMiddleware:
 
         cid = ex.start(found[0], found[1], found[2], found[3] or found[4])
         echo = (self._echo, cid.encode("latin-1")) if self._echo is not None else None
-        tracked = _RouteScope(scope)
+        entry_root = root or ""
+        top = scope.get("router") or scope.get("app")  # the outermost router or app, set before us
 
         async def send_wrapper(message: Message) -> None:
             kind = message["type"]
@@ -248,7 +220,7 @@ class ObservabilityMiddleware:
                 await send(message)
                 more = bool(message.get("more_body", False))
                 if not more:
-                    ex.route = self._route(tracked)
+                    ex.route = self._route(scope, entry_root, top)
                 ex.body(len(message.get("body") or b""), more)
                 return
             if kind == "http.response.start":
@@ -267,12 +239,13 @@ class ObservabilityMiddleware:
             await send(message)
 
         try:
-            await self.app(tracked, receive, send_wrapper)
+            await self.app(scope, receive, send_wrapper)
         except BaseException as exc:
-            ex.finish(exc, self._route(tracked))
+            ex.finish(exc, self._route(scope, entry_root, top))
             raise
         finally:
             try:
-                ex.finish(None, self._route(tracked))
+                if not ex.done:
+                    ex.finish(None, self._route(scope, entry_root, top))
             finally:
                 ex.close()
