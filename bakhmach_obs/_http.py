@@ -9,6 +9,7 @@ caches); :class:`Exchange` holds one request's state.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -180,10 +181,8 @@ def _access_record(name: str, level: int, args: tuple[Any, ...], extra: dict[str
         mp = sys.modules.get("multiprocessing")
         process_name = "MainProcess"
         if mp is not None:
-            try:
+            with contextlib.suppress(Exception):  # as LogRecord does
                 process_name = mp.current_process().name
-            except Exception:  # noqa: BLE001 - as LogRecord does
-                pass
         _process = (pid, process_name)
     record = _new_record(logging.LogRecord)
     d = record.__dict__
@@ -216,7 +215,7 @@ _ACCESS_TEMPLATE = {
     "funcName": "access",
 }
 _new_record = object.__new__
-_START_NS = int(logging._startTime * 1e9)
+_START_NS = int(logging._startTime * 1e9)  # type: ignore[attr-defined]
 _time_ns = time.time_ns
 _getpid = os.getpid
 _get_ident = threading.get_ident
