@@ -25,6 +25,7 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -38,6 +39,7 @@ from .metrics import GaugeCell, HistogramCell
 __all__ = [
     "DEFAULT_EXCLUDED_PATHS",
     "Exchange",
+    "Reentry",
     "ServerCore",
     "correlation_id_from",
     "normalize_method",
@@ -222,6 +224,30 @@ _get_ident = threading.get_ident
 _current_thread = threading.current_thread
 
 
+class Reentry:
+    """Makes one request's span and correlation id current again for a stretch of work.
+
+    Used around each step of a response body that is produced after the application returned
+    (WSGI iterables, Django streaming responses): the context is attached and detached within the
+    same call, so it is correct in any thread or task and never leaks when a server forgets
+    ``close()``.
+    """
+
+    __slots__ = ("cid", "ctx")
+
+    def __init__(self, ex: Exchange) -> None:
+        self.cid = ex.cid
+        self.ctx = otel_context.get_current() if ex.ctx_token is not None else None
+
+    def enter(self) -> tuple[Token[Context] | None, Token[str | None]]:
+        return (_attach(self.ctx) if self.ctx is not None else None), CORRELATION_ID.set(self.cid)
+
+    def exit(self, tokens: tuple[Token[Context] | None, Token[str | None]]) -> None:
+        CORRELATION_ID.reset(tokens[1])
+        if tokens[0] is not None:
+            _detach(tokens[0])
+
+
 class ServerCore:
     """What one middleware decides once: exclusions, access-log switch, header names, bindings.
 
@@ -284,6 +310,7 @@ class Exchange:
         "active",
         "b",
         "bytes_out",
+        "chunks",
         "cid",
         "cid_token",
         "client",
@@ -321,6 +348,7 @@ class Exchange:
         self.error_type: str | None = None
         self.span: Any = None
         self.stream_t0: float | None = None
+        self.chunks = 0
         self.done = False
         self.user_agent: str | None = None
         self.query: str | None = None
@@ -364,6 +392,8 @@ class Exchange:
     def body(self, size: int, more: bool) -> None:
         """A body chunk was sent; the last one completes the response."""
         self.bytes_out += size
+        if size:
+            self.chunks += 1
         if more and self.stream_t0 is None and self.content_length_out is None and self.bytes_out:
             # Streaming (chunked, server-sent events): the request latency is the time to first byte.
             self.stream_t0 = perf_counter()
@@ -385,6 +415,8 @@ class Exchange:
             if not self.status:
                 self.status = 500
         status = self.status or 500
+        if self.chunks < 2:
+            self.stream_t0 = None  # one chunk is a body, not a stream: its latency is the full duration
         streaming = self.stream_t0 is not None
         latency = (self.stream_t0 if streaming else end) - self.t0  # type: ignore[operator]
         try:

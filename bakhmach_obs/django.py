@@ -45,8 +45,8 @@ from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-u
 from django.core.signals import got_request_exception  # type: ignore[import-untyped]
 from django.utils.module_loading import import_string  # type: ignore[import-untyped]
 
-from ._http import Exchange, ServerCore
-from .wsgi import ROUTE_KEY, _Reentry
+from ._http import Exchange, Reentry, ServerCore
+from .wsgi import ROUTE_KEY
 
 __all__ = ["ObservabilityMiddleware"]
 
@@ -99,7 +99,7 @@ class _Stream:
         self.error = error
         self.file = file
         self.chunks = 0
-        self.reentry = _Reentry(ex)
+        self.reentry = Reentry(ex)
 
     def _chunk(self, chunk: Any) -> None:
         size = len(chunk)
@@ -111,8 +111,6 @@ class _Stream:
         ex = self.ex
         if ex.done:
             return
-        if self.chunks < 2:
-            ex.stream_t0 = None  # one chunk is a body, not a stream
         if exc is None:
             length = ex.content_length_out
             if self.file and not self.chunks and length:

@@ -39,15 +39,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import Token
 from re import Pattern
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
-from opentelemetry.context import Context
 
-from ._http import Exchange, ServerCore
-from .context import CORRELATION_ID
+from ._http import Exchange, Reentry, ServerCore
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -82,30 +79,6 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-class _Reentry:
-    """Makes one request's span and correlation id current again for a stretch of work.
-
-    Used around each step of a response body that is produced after the application returned
-    (WSGI iterables, Django streaming responses): the context is attached and detached within the
-    same call, so it is correct in any thread or task and never leaks when a server forgets
-    ``close()``.
-    """
-
-    __slots__ = ("cid", "ctx")
-
-    def __init__(self, ex: Exchange) -> None:
-        self.cid = ex.cid
-        self.ctx = otel_context.get_current() if ex.ctx_token is not None else None
-
-    def enter(self) -> tuple[Token[Context] | None, Token[str | None]]:
-        return (_attach(self.ctx) if self.ctx is not None else None), CORRELATION_ID.set(self.cid)
-
-    def exit(self, tokens: tuple[Token[Context] | None, Token[str | None]]) -> None:
-        CORRELATION_ID.reset(tokens[1])
-        if tokens[0] is not None:
-            _detach(tokens[0])
 
 
 class _CountingInput:
@@ -160,7 +133,7 @@ class _Call:
         header = mw.correlation_header
         self.echo = (header, ex.cid) if header else None
         self.chunks = 0
-        self.reentry = _Reentry(ex)
+        self.reentry = Reentry(ex)
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
@@ -196,8 +169,6 @@ class _Call:
         ex = self.ex
         if ex.done:
             return
-        if self.chunks < 2:
-            ex.stream_t0 = None  # one chunk is a body, not a stream: its latency is the full duration
         if exc is None and (ex.status or 500) >= 500:
             error = self.environ.get(ERROR_KEY)
             if isinstance(error, BaseException):
