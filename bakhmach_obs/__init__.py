@@ -17,7 +17,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from . import conventions
+from . import asgi, conventions, wsgi
 from ._runtime import shutdown
 from .config import Settings
 from .context import bind, bound_fields, correlation_id, correlation_scope, is_suppressed, log_context, suppress
@@ -34,6 +34,7 @@ __all__ = [
     "ConfigurationError",
     "Settings",
     "__version__",
+    "asgi",
     "bind",
     "bound_fields",
     "configure",
@@ -51,6 +52,7 @@ __all__ = [
     "shutdown",
     "span",
     "suppress",
+    "wsgi",
 ]
 
 
