@@ -42,6 +42,17 @@ def conventions_markdown() -> str:
     out.append("prometheus_client's `_created` series.\n\n")
     out.append("### Label values\n\n")
     out.append(f"- `{c.LABEL_RESULT}`: `{c.RESULT_OK}` or `{c.RESULT_ERROR}`.\n")
+    out.append(f"- `{c.LABEL_CACHE_RESULT}`: " + ", ".join(f"`{x}`" for x in c.CACHE_RESULTS) + ".\n")
+    out.append(
+        f"- `{c.LABEL_POOL_STATE}` of `db_client_connection_count`: "
+        + ", ".join(f"`{x}`" for x in c.POOL_STATES)
+        + ".\n"
+    )
+    out.append(
+        f"- `{c.LABEL_HTTP_ROUTE}`: the route template; `{c.HTTP_ROUTE_UNMATCHED}` when no route matched. "
+        f"`{c.LABEL_HTTP_METHOD}`: `{c.HTTP_METHOD_OTHER}` for methods outside the known set. "
+        f"`{c.LABEL_ERROR_TYPE}`: empty on success.\n"
+    )
     out.append(
         f'- `{c.OVERFLOW_LABEL}="true"`: the single series that receives label sets past a metric\'s '
         f"cardinality limit (default {c.DEFAULT_CARDINALITY_LIMIT} series per metric, OpenTelemetry's "

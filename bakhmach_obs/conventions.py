@@ -24,15 +24,31 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "ATTR_CACHE_KEY_HASH",
+    "ATTR_CACHE_NAME",
+    "ATTR_CACHE_OPERATION",
+    "ATTR_CACHE_RESULT",
     "ATTR_CLIENT_ADDRESS",
     "ATTR_CODE_FUNCTION_NAME",
     "ATTR_CODE_NAMESPACE",
     "ATTR_CORRELATION_ID",
+    "ATTR_DB_COLLECTION",
+    "ATTR_DB_NAMESPACE",
+    "ATTR_DB_OPERATION",
+    "ATTR_DB_QUERY_TEXT",
+    "ATTR_DB_STATUS_CODE",
+    "ATTR_DB_SYSTEM",
     "ATTR_ERROR_TYPE",
     "ATTR_HTTP_METHOD",
     "ATTR_HTTP_METHOD_ORIGINAL",
     "ATTR_HTTP_ROUTE",
     "ATTR_HTTP_STATUS",
+    "ATTR_MESSAGING_BODY_SIZE",
+    "ATTR_MESSAGING_DESTINATION",
+    "ATTR_MESSAGING_MESSAGE_ID",
+    "ATTR_MESSAGING_OPERATION",
+    "ATTR_MESSAGING_OPERATION_TYPE",
+    "ATTR_MESSAGING_SYSTEM",
     "ATTR_PROTOCOL_VERSION",
     "ATTR_REQUEST_BODY_SIZE",
     "ATTR_RESPONSE_BODY_SIZE",
@@ -44,6 +60,16 @@ __all__ = [
     "ATTR_URL_SCHEME",
     "ATTR_USER_AGENT",
     "BUILD_INFO",
+    "CACHE_DURATION",
+    "CACHE_DURATION_BUCKETS",
+    "CACHE_OPERATIONS",
+    "CACHE_RESULTS",
+    "DB_CLIENT_DURATION",
+    "DB_CONNECTION_COUNT",
+    "DB_CONNECTION_MAX",
+    "DB_CONNECTION_TIMEOUTS",
+    "DB_CONNECTION_WAIT",
+    "DB_DURATION_BUCKETS",
     "DEFAULT_CARDINALITY_LIMIT",
     "DROPPED_SPANS",
     "DURATION_BUCKETS",
@@ -59,14 +85,27 @@ __all__ = [
     "HTTP_SERVER_REQUEST_SIZE",
     "HTTP_SERVER_RESPONSE_SIZE",
     "HTTP_SERVER_STREAM_DURATION",
+    "LABEL_CACHE_NAME",
+    "LABEL_CACHE_OPERATION",
+    "LABEL_CACHE_RESULT",
     "LABEL_COMPONENT",
+    "LABEL_DB_COLLECTION",
+    "LABEL_DB_NAMESPACE",
+    "LABEL_DB_OPERATION",
+    "LABEL_DB_SYSTEM",
     "LABEL_DEPLOYMENT_ENVIRONMENT",
+    "LABEL_ERROR_TYPE",
     "LABEL_FUNCTION",
     "LABEL_HTTP_METHOD",
     "LABEL_HTTP_ROUTE",
     "LABEL_HTTP_STATUS",
+    "LABEL_MESSAGING_DESTINATION",
+    "LABEL_MESSAGING_OPERATION",
+    "LABEL_MESSAGING_SYSTEM",
     "LABEL_METRIC",
     "LABEL_MODULE",
+    "LABEL_POOL_NAME",
+    "LABEL_POOL_STATE",
     "LABEL_REASON",
     "LABEL_RESULT",
     "LABEL_SDK_VERSION",
@@ -77,11 +116,18 @@ __all__ = [
     "LOG_FIELDS",
     "LOG_RECORDS_DROPPED",
     "LogField",
+    "MESSAGING_CONSUMED",
+    "MESSAGING_OPERATION_DURATION",
+    "MESSAGING_PROCESS_DURATION",
+    "MESSAGING_QUEUE_DEPTH",
+    "MESSAGING_QUEUE_LAG",
+    "MESSAGING_SENT",
     "METRICS",
     "METRIC_OVERFLOW",
     "MetricKind",
     "MetricSpec",
     "OVERFLOW_LABEL",
+    "POOL_STATES",
     "RESERVED_LOG_FIELDS",
     "RESULT_ERROR",
     "RESULT_OK",
@@ -159,6 +205,24 @@ LABEL_HTTP_METHOD = "http_request_method"
 LABEL_HTTP_ROUTE = "http_route"
 LABEL_HTTP_STATUS = "http_response_status_code"
 LABEL_SERVER_ADDRESS = "server_address"
+LABEL_DB_SYSTEM = "db_system_name"
+LABEL_DB_OPERATION = "db_operation_name"
+LABEL_DB_COLLECTION = "db_collection_name"
+LABEL_DB_NAMESPACE = "db_namespace"
+LABEL_ERROR_TYPE = "error_type"
+LABEL_POOL_NAME = "pool_name"
+LABEL_POOL_STATE = "state"
+LABEL_CACHE_NAME = "cache_name"
+LABEL_CACHE_OPERATION = "cache_operation"
+LABEL_CACHE_RESULT = "cache_result"
+LABEL_MESSAGING_SYSTEM = "messaging_system"
+LABEL_MESSAGING_OPERATION = "messaging_operation_name"
+LABEL_MESSAGING_DESTINATION = "messaging_destination_name"
+
+#: ``cache_result`` values: a lookup hit or missed; a write/delete succeeded or failed.
+CACHE_RESULTS = ("hit", "miss", "ok", "error")
+#: ``state`` values of ``db_client_connection_count``.
+POOL_STATES = ("idle", "used")
 
 #: ``http_request_method`` for methods outside the known set (OTel's rule, keeps cardinality bounded).
 HTTP_METHOD_OTHER = "_OTHER"
@@ -183,13 +247,18 @@ DEFAULT_CARDINALITY_LIMIT = 2000
 LOG_DROP_REASONS = ("queue_full", "encoding", "shutdown")
 
 #: Components named by ``bakhmach_obs_telemetry_errors_total{component}``.
-TELEMETRY_COMPONENTS = ("exporter", "instrument", "logging", "metrics", "tracing")
+TELEMETRY_COMPONENTS = ("database", "exporter", "instrument", "logging", "messaging", "metrics", "tracing")
 
 # --- bucket presets -------------------------------------------------------------------------
 #: OpenTelemetry's advisory buckets for request durations, in seconds.
 DURATION_BUCKETS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 )  # fmt: skip
+
+#: OpenTelemetry's advisory buckets for database operation durations, in seconds.
+DB_DURATION_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+#: Cache operations are sub-millisecond to a few milliseconds.
+CACHE_DURATION_BUCKETS: tuple[float, ...] = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
 
 #: Body sizes in bytes (powers of 4 from 64 B to 64 MiB).
 SIZE_BUCKETS: tuple[float, ...] = tuple(float(64 * 4**i) for i in range(11))
@@ -316,6 +385,116 @@ HTTP_CLIENT_DURATION = MetricSpec(
     otel_name="http.client.request.duration",
 )
 
+DB_CLIENT_DURATION = MetricSpec(
+    name="db_client_operation_duration_seconds",
+    kind="histogram",
+    unit="seconds",
+    help="Duration of database client operations; error_type is empty on success.",
+    labels=(LABEL_DB_SYSTEM, LABEL_DB_OPERATION, LABEL_DB_COLLECTION, LABEL_DB_NAMESPACE, LABEL_ERROR_TYPE),
+    buckets=DB_DURATION_BUCKETS,
+    otel_name="db.client.operation.duration",
+)
+DB_CONNECTION_COUNT = MetricSpec(
+    name="db_client_connection_count",
+    kind="gauge",
+    unit="",
+    help="Connections of a client-side pool, by state (idle or used).",
+    labels=(LABEL_POOL_NAME, LABEL_POOL_STATE),
+    otel_name="db.client.connection.count",
+    multiprocess_mode="livesum",
+)
+DB_CONNECTION_MAX = MetricSpec(
+    name="db_client_connection_max",
+    kind="gauge",
+    unit="",
+    help="Most connections a client-side pool allows.",
+    labels=(LABEL_POOL_NAME,),
+    otel_name="db.client.connection.max",
+    multiprocess_mode="livesum",
+)
+DB_CONNECTION_WAIT = MetricSpec(
+    name="db_client_connection_wait_time_seconds",
+    kind="histogram",
+    unit="seconds",
+    help="Time spent waiting to check a connection out of a pool.",
+    labels=(LABEL_POOL_NAME,),
+    buckets=DB_DURATION_BUCKETS,
+    otel_name="db.client.connection.wait_time",
+)
+DB_CONNECTION_TIMEOUTS = MetricSpec(
+    name="db_client_connection_timeouts_total",
+    kind="counter",
+    unit="",
+    help="Connection checkouts from a pool that timed out.",
+    labels=(LABEL_POOL_NAME,),
+    otel_name="db.client.connection.timeouts",
+)
+CACHE_OPERATIONS = MetricSpec(
+    name="cache_operations_total",
+    kind="counter",
+    unit="",
+    help="Cache operations by result: hit or miss for lookups, ok or error otherwise.",
+    labels=(LABEL_CACHE_NAME, LABEL_CACHE_OPERATION, LABEL_CACHE_RESULT),
+)
+CACHE_DURATION = MetricSpec(
+    name="cache_operation_duration_seconds",
+    kind="histogram",
+    unit="seconds",
+    help="Duration of cache operations, in seconds.",
+    labels=(LABEL_CACHE_NAME, LABEL_CACHE_OPERATION),
+    buckets=CACHE_DURATION_BUCKETS,
+)
+MESSAGING_OPERATION_DURATION = MetricSpec(
+    name="messaging_client_operation_duration_seconds",
+    kind="histogram",
+    unit="seconds",
+    help="Duration of messaging client operations (publish, receive, settle).",
+    labels=(LABEL_MESSAGING_SYSTEM, LABEL_MESSAGING_OPERATION, LABEL_MESSAGING_DESTINATION, LABEL_ERROR_TYPE),
+    buckets=DURATION_BUCKETS,
+    otel_name="messaging.client.operation.duration",
+)
+MESSAGING_SENT = MetricSpec(
+    name="messaging_client_sent_messages_total",
+    kind="counter",
+    unit="",
+    help="Messages a producer sent.",
+    labels=(LABEL_MESSAGING_SYSTEM, LABEL_MESSAGING_DESTINATION, LABEL_ERROR_TYPE),
+    otel_name="messaging.client.sent.messages",
+)
+MESSAGING_CONSUMED = MetricSpec(
+    name="messaging_client_consumed_messages_total",
+    kind="counter",
+    unit="",
+    help="Messages a consumer received.",
+    labels=(LABEL_MESSAGING_SYSTEM, LABEL_MESSAGING_DESTINATION, LABEL_ERROR_TYPE),
+    otel_name="messaging.client.consumed.messages",
+)
+MESSAGING_PROCESS_DURATION = MetricSpec(
+    name="messaging_process_duration_seconds",
+    kind="histogram",
+    unit="seconds",
+    help="Duration of processing one consumed message.",
+    labels=(LABEL_MESSAGING_SYSTEM, LABEL_MESSAGING_DESTINATION, LABEL_ERROR_TYPE),
+    buckets=DURATION_BUCKETS,
+    otel_name="messaging.process.duration",
+)
+MESSAGING_QUEUE_DEPTH = MetricSpec(
+    name="messaging_queue_depth",
+    kind="gauge",
+    unit="",
+    help="Messages waiting in a queue, as last reported by the broker.",
+    labels=(LABEL_MESSAGING_SYSTEM, LABEL_MESSAGING_DESTINATION),
+    multiprocess_mode="max",
+)
+MESSAGING_QUEUE_LAG = MetricSpec(
+    name="messaging_queue_lag_seconds",
+    kind="gauge",
+    unit="seconds",
+    help="Age of the oldest waiting message, from its publish-time header (the seed's lag alert).",
+    labels=(LABEL_MESSAGING_SYSTEM, LABEL_MESSAGING_DESTINATION),
+    multiprocess_mode="max",
+)
+
 #: Every metric family the SDK can emit, in documentation order.
 METRICS: tuple[MetricSpec, ...] = (
     FUNCTION_CALLS,
@@ -332,6 +511,19 @@ METRICS: tuple[MetricSpec, ...] = (
     HTTP_SERVER_REQUEST_SIZE,
     HTTP_SERVER_RESPONSE_SIZE,
     HTTP_CLIENT_DURATION,
+    DB_CLIENT_DURATION,
+    DB_CONNECTION_COUNT,
+    DB_CONNECTION_MAX,
+    DB_CONNECTION_WAIT,
+    DB_CONNECTION_TIMEOUTS,
+    CACHE_OPERATIONS,
+    CACHE_DURATION,
+    MESSAGING_OPERATION_DURATION,
+    MESSAGING_SENT,
+    MESSAGING_CONSUMED,
+    MESSAGING_PROCESS_DURATION,
+    MESSAGING_QUEUE_DEPTH,
+    MESSAGING_QUEUE_LAG,
 )
 
 _BY_NAME = {m.name: m for m in METRICS}
@@ -366,6 +558,22 @@ ATTR_USER_AGENT = "user_agent.original"
 ATTR_PROTOCOL_VERSION = "network.protocol.version"
 ATTR_REQUEST_BODY_SIZE = "http.request.body.size"
 ATTR_RESPONSE_BODY_SIZE = "http.response.body.size"
+ATTR_DB_SYSTEM = "db.system.name"
+ATTR_DB_NAMESPACE = "db.namespace"
+ATTR_DB_OPERATION = "db.operation.name"
+ATTR_DB_COLLECTION = "db.collection.name"
+ATTR_DB_QUERY_TEXT = "db.query.text"
+ATTR_DB_STATUS_CODE = "db.response.status_code"
+ATTR_CACHE_NAME = "bakhmach.cache.name"
+ATTR_CACHE_OPERATION = "bakhmach.cache.operation"
+ATTR_CACHE_RESULT = "bakhmach.cache.result"
+ATTR_CACHE_KEY_HASH = "bakhmach.cache.key_hash"
+ATTR_MESSAGING_SYSTEM = "messaging.system"
+ATTR_MESSAGING_OPERATION = "messaging.operation.name"
+ATTR_MESSAGING_OPERATION_TYPE = "messaging.operation.type"
+ATTR_MESSAGING_DESTINATION = "messaging.destination.name"
+ATTR_MESSAGING_MESSAGE_ID = "messaging.message.id"
+ATTR_MESSAGING_BODY_SIZE = "messaging.message.body.size"
 
 SPAN_ATTRIBUTES: tuple[SpanAttribute, ...] = (
     SpanAttribute(ATTR_CODE_FUNCTION_NAME, "Fully qualified name of the instrumented function."),
@@ -391,6 +599,22 @@ SPAN_ATTRIBUTES: tuple[SpanAttribute, ...] = (
     SpanAttribute(ATTR_PROTOCOL_VERSION, "HTTP version: `1.1`, `2`."),
     SpanAttribute(ATTR_REQUEST_BODY_SIZE, "Request body size in bytes, when known."),
     SpanAttribute(ATTR_RESPONSE_BODY_SIZE, "Response body size in bytes."),
+    SpanAttribute(ATTR_DB_SYSTEM, "Database system: `postgresql`, `mysql`, `sqlite`, `redis`."),
+    SpanAttribute(ATTR_DB_NAMESPACE, "Database (schema) name."),
+    SpanAttribute(ATTR_DB_OPERATION, "Operation parsed from the statement (`SELECT`) or the command (`GET`)."),
+    SpanAttribute(ATTR_DB_COLLECTION, "Table parsed from the statement, when there is one."),
+    SpanAttribute(ATTR_DB_QUERY_TEXT, "Opt-in: the statement with every literal replaced by `?`."),
+    SpanAttribute(ATTR_DB_STATUS_CODE, "The database's error code on failure (SQLSTATE...)."),
+    SpanAttribute(ATTR_CACHE_NAME, "Cache name given to the wrapper."),
+    SpanAttribute(ATTR_CACHE_OPERATION, "`get`, `set`, `delete`..."),
+    SpanAttribute(ATTR_CACHE_RESULT, "`hit`, `miss`, `ok` or `error`."),
+    SpanAttribute(ATTR_CACHE_KEY_HASH, "A short hash of the key; the key itself is never recorded."),
+    SpanAttribute(ATTR_MESSAGING_SYSTEM, "Messaging system: `rabbitmq`."),
+    SpanAttribute(ATTR_MESSAGING_OPERATION, "`publish`, `process`, `receive`, `ack`..."),
+    SpanAttribute(ATTR_MESSAGING_OPERATION_TYPE, "`send`, `process`, `receive`, `settle`."),
+    SpanAttribute(ATTR_MESSAGING_DESTINATION, "Queue or exchange/routing-key name."),
+    SpanAttribute(ATTR_MESSAGING_MESSAGE_ID, "Message id, when the producer set one."),
+    SpanAttribute(ATTR_MESSAGING_BODY_SIZE, "Message body size in bytes."),
 )
 
 # --- log fields -----------------------------------------------------------------------------
