@@ -354,9 +354,10 @@ def test_uvicorn_workers_aggregate_exactly_across_processes(tmp_path):
         assert_aggregated(families, metrics_dir)
 
         # In flight: the live sum over both workers, whichever of them serves the scrape.
-        pool, futures = _slow_requests(server.base_url, 3, delay=2.0)
+        # Slow enough that all three are surely in flight together on a loaded 2-core machine.
+        pool, futures = _slow_requests(server.base_url, 3, delay=6.0)
         with pool:
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 8
             while (in_flight := _active_total(scrape(server.base_url))) != 3 and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert in_flight == 3
@@ -442,9 +443,9 @@ def test_gunicorn_workers_aggregate_and_forget_dead_workers(tmp_path):
         # were it not for child_exit (mark_process_dead). Its counters stay in the totals.
         workers = _children(server.proc.pid)
         assert len(workers) == 2, workers
-        pool, futures = _slow_requests(server.base_url, 2, delay=2.0)
+        pool, futures = _slow_requests(server.base_url, 2, delay=5.0)  # long enough on a loaded machine
         with pool:
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 8
             while (in_flight := _dir_active(metrics_dir)) != 2 and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert in_flight == 2  # each sync worker holds one slow request
