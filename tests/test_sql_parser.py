@@ -297,3 +297,11 @@ def test_never_raises_and_stays_bounded(mysql, sql):
     assert isinstance(out, str)
     if not set(sql) & set('"`['):  # no quoted identifier that may hold a quote
         assert "'" not in out  # every single-quoted string was replaced (an open one swallows the rest)
+
+
+@pytest.mark.parametrize("mysql", [False, True])
+@pytest.mark.parametrize("sql", ["'\\", "E'\\", "x = 'abc\\", "\"\\"])
+def test_unterminated_string_ending_in_a_backslash_leaks_nothing(sql, mysql):
+    """Found by Hypothesis: a lone trailing backslash used to end the string token early."""
+    out = parameterize(sql, mysql=mysql)
+    assert "'" not in out and "abc" not in out
