@@ -19,6 +19,7 @@ from typing import Any
 
 from . import asgi, conventions, wsgi
 from ._runtime import shutdown
+from .cache import cache_lookup, instrument_cache
 from .config import Settings
 from .context import bind, bound_fields, correlation_id, correlation_scope, is_suppressed, log_context, suppress
 from .errors import ConfigurationError
@@ -37,11 +38,13 @@ __all__ = [
     "asgi",
     "bind",
     "bound_fields",
+    "cache_lookup",
     "configure",
     "conventions",
     "correlation_id",
     "correlation_scope",
     "get_settings",
+    "instrument_cache",
     "instrument",
     "is_suppressed",
     "log_context",

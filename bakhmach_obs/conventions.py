@@ -32,11 +32,13 @@ __all__ = [
     "ATTR_CODE_FUNCTION_NAME",
     "ATTR_CODE_NAMESPACE",
     "ATTR_CORRELATION_ID",
+    "ATTR_DB_BATCH_SIZE",
     "ATTR_DB_COLLECTION",
     "ATTR_DB_NAMESPACE",
     "ATTR_DB_OPERATION",
     "ATTR_DB_QUERY_TEXT",
     "ATTR_DB_STATUS_CODE",
+    "ATTR_DB_STORED_PROCEDURE",
     "ATTR_DB_SYSTEM",
     "ATTR_ERROR_TYPE",
     "ATTR_HTTP_METHOD",
@@ -564,6 +566,8 @@ ATTR_DB_OPERATION = "db.operation.name"
 ATTR_DB_COLLECTION = "db.collection.name"
 ATTR_DB_QUERY_TEXT = "db.query.text"
 ATTR_DB_STATUS_CODE = "db.response.status_code"
+ATTR_DB_BATCH_SIZE = "db.operation.batch.size"
+ATTR_DB_STORED_PROCEDURE = "db.stored_procedure.name"
 ATTR_CACHE_NAME = "bakhmach.cache.name"
 ATTR_CACHE_OPERATION = "bakhmach.cache.operation"
 ATTR_CACHE_RESULT = "bakhmach.cache.result"
@@ -605,6 +609,8 @@ SPAN_ATTRIBUTES: tuple[SpanAttribute, ...] = (
     SpanAttribute(ATTR_DB_COLLECTION, "Table parsed from the statement, when there is one."),
     SpanAttribute(ATTR_DB_QUERY_TEXT, "Opt-in: the statement with every literal replaced by `?`."),
     SpanAttribute(ATTR_DB_STATUS_CODE, "The database's error code on failure (SQLSTATE...)."),
+    SpanAttribute(ATTR_DB_BATCH_SIZE, "Statements in an `executemany` batch, or commands in a Redis pipeline."),
+    SpanAttribute(ATTR_DB_STORED_PROCEDURE, "The procedure called with `callproc`."),
     SpanAttribute(ATTR_CACHE_NAME, "Cache name given to the wrapper."),
     SpanAttribute(ATTR_CACHE_OPERATION, "`get`, `set`, `delete`..."),
     SpanAttribute(ATTR_CACHE_RESULT, "`hit`, `miss`, `ok` or `error`."),

@@ -93,8 +93,8 @@ OPERATION_CALL = "CALL"
 #: ``db.operation.name`` of a connection attempt made through :func:`instrument_connect`.
 OPERATION_CONNECT = "CONNECT"
 
-ATTR_BATCH_SIZE = "db.operation.batch.size"
-ATTR_STORED_PROCEDURE = "db.stored_procedure.name"
+ATTR_BATCH_SIZE = c.ATTR_DB_BATCH_SIZE
+ATTR_STORED_PROCEDURE = c.ATTR_DB_STORED_PROCEDURE
 
 _CLIENT = SpanKind.CLIENT
 _MYSQL_SYSTEMS = frozenset({"mysql", "mariadb"})

@@ -78,7 +78,7 @@ __all__ = ["DB_SYSTEM", "instrument_redis", "is_instrumented", "uninstrument_red
 #: ``db.system.name`` / ``db_system_name`` of every redis span and observation.
 DB_SYSTEM = "redis"
 #: OpenTelemetry's attribute for the number of operations in a batch.
-ATTR_BATCH_SIZE = "db.operation.batch.size"
+ATTR_BATCH_SIZE = c.ATTR_DB_BATCH_SIZE
 _CLIENT = SpanKind.CLIENT
 #: The marker attribute the wrappers carry (idempotence, uninstrumenting).
 _MARK = "_bakhmach_obs_redis"
