@@ -49,6 +49,8 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_instrument.py", *session.posargs)
     session.run("python", "benchmarks/bench_logs.py", *session.posargs)
     session.run("python", "benchmarks/bench_http.py", *session.posargs)
+    session.run("python", "benchmarks/bench_dbapi.py", *session.posargs)
+    session.run("python", "benchmarks/bench_redis.py", *session.posargs)
 
 
 @nox.session
