@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,6 +52,32 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # the CLIENT span and metr
 log = logging.getLogger("backend")
 STARTED = time.monotonic()
 PAYMENT_LIMIT_CENTS = int(os.environ.get("PAYMENT_LIMIT_CENTS", "10000"))
+#: When set, accepted orders are published to the ``orders`` queue for examples/worker.py.
+AMQP_URL = os.environ.get("AMQP_URL")
+ORDERS_QUEUE = os.environ.get("QUEUE", "orders")
+_amqp = threading.local()
+
+
+def publish_order(message: dict[str, Any]) -> None:
+    """Publish to RabbitMQ through an instrumented pika channel (one connection per thread).
+
+    The PRODUCER span is a child of the request's SERVER span, and the message carries
+    ``traceparent`` and the correlation id, so the worker continues the same trace.
+    """
+    import json
+
+    import pika
+
+    from bakhmach_obs.rabbitmq import instrument_channel
+
+    channel = getattr(_amqp, "channel", None)
+    if channel is None or channel.is_closed:
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        channel = instrument_channel(connection.channel())
+        channel.queue_declare(ORDERS_QUEUE, durable=True)
+        _amqp.channel = channel
+    channel.basic_publish(exchange="", routing_key=ORDERS_QUEUE, body=json.dumps(message).encode())
+
 
 #: Recent FastAPI (with ``fastapi.telemetry``, e.g. 0.165) traces requests itself as soon as a global
 #: OpenTelemetry SDK tracer provider exists, and configure() installs one: its SERVER span would
@@ -159,7 +186,11 @@ async def get_user(user_id: int, request: Request) -> dict[str, Any]:
 async def create_order(order: Order) -> dict[str, Any]:
     with bakhmach_obs.log_context(user_id=order.user_id, action="order_creation"):
         log.info("order accepted", extra={"sku": order.sku, "quantity": order.quantity})
-        return {"order_id": f"ord_{order.user_id}_{order.sku}", "status": "accepted"}
+        order_id = f"ord_{order.user_id}_{order.sku}"
+        if AMQP_URL:  # hand the order to examples/worker.py; blocking pika calls run off the event loop
+            message = {"order_id": order_id, "sku": order.sku, "quantity": order.quantity}
+            await asyncio.to_thread(publish_order, message)  # copies the context
+        return {"order_id": order_id, "status": "accepted"}
 
 
 @app.post("/payments", status_code=201)

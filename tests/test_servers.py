@@ -530,3 +530,45 @@ def test_trace_and_correlation_id_continue_from_client_to_server(tmp_path):
             server.stop()
             servers = [(s.name, s.scope_name) for s in rx.spans if s.kind == "SERVER"]
             assert servers == [("GET /users/{user_id}", "bakhmach_obs")]
+
+
+def test_fastapi_example_publishes_orders_for_the_worker_with_trace_and_correlation(tmp_path):
+    """POST /orders on the real server publishes what examples/worker.py consumes, trace included."""
+    _require("uvicorn", "fastapi", "pika")
+    import uuid
+
+    import pika
+
+    from bakhmach_obs._http import parse_traceparent
+
+    from .conftest import need
+
+    url = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    try:
+        probe = pika.BlockingConnection(pika.URLParameters(url + "?connection_attempts=1&socket_timeout=2"))
+    except pika.exceptions.AMQPError as exc:
+        need(False, f"RabbitMQ is not reachable on 127.0.0.1:5672 ({exc!r})")
+    queue = f"orders-{uuid.uuid4().hex}"
+    channel = probe.channel()
+    channel.queue_declare(queue, durable=True)
+    try:
+        env = _server_env(AMQP_URL=url, QUEUE=queue, OTEL_TRACES_SAMPLER="always_on")
+        with serve("uvicorn-publish", uvicorn_argv(), env, tmp_path) as server:
+            response = httpx.post(server.base_url + "/orders", json={"user_id": "u1", "sku": "sku-9", "quantity": 2},
+                                  headers={"X-Correlation-ID": "req-pub-1"}, timeout=10.0)  # fmt: skip
+            assert response.status_code == 201, response.text
+            deadline = time.monotonic() + 10
+            method = None
+            while method is None and time.monotonic() < deadline:
+                method, properties, body = channel.basic_get(queue, auto_ack=True)
+                if method is None:
+                    time.sleep(0.05)
+            assert method is not None, "nothing was published"
+            assert json.loads(body) == {"order_id": "ord_u1_sku-9", "sku": "sku-9", "quantity": 2}
+            headers = properties.headers
+            assert headers["x-correlation-id"] == "req-pub-1"
+            assert parse_traceparent(headers["traceparent"]) is not None
+            assert float(headers["x-published-at"]) > 0
+    finally:
+        channel.queue_delete(queue)
+        probe.close()
