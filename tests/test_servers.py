@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -221,15 +222,27 @@ def exercise(base_url: str, framework: str, *, concurrency: int) -> Counter[tupl
     expected: Counter[tuple[str, str, str]] = Counter()
     plan = _plan(framework)
 
-    with httpx.Client(base_url=base_url, timeout=10.0, follow_redirects=True,
-                      limits=httpx.Limits(max_keepalive_connections=0)) as hc:  # fmt: skip
+    local = threading.local()
+    clients: list[httpx.Client] = []
 
-        def send(item: tuple[str, str, Any, int, str | None]) -> int:
-            method, path, body, _, _ = item
-            return hc.request(method, path, json=body).status_code
+    def send(item: tuple[str, str, Any, int, str | None]) -> int:
+        # One client per worker thread: sharing a pooled client across threads with keep-alive off
+        # raced inside httpcore ("Bad file descriptor") on a loaded machine, and a retry could
+        # double-count a request the server did process.
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(base_url=base_url, timeout=10.0, follow_redirects=True,
+                                                 limits=httpx.Limits(max_keepalive_connections=0))  # fmt: skip
+            clients.append(client)
+        method, path, body, _, _ = item
+        return client.request(method, path, json=body).status_code
 
+    try:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             statuses = list(pool.map(send, plan))
+    finally:
+        for client in clients:
+            client.close()
     for (method, path, _, status, kind), got in zip(plan, statuses, strict=True):
         assert got == status, f"{method} {path}: {got}, expected {status}"
         if kind == "excluded":
