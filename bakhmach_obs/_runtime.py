@@ -12,8 +12,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import prometheus_client
 from opentelemetry import trace
@@ -166,6 +166,30 @@ def _default_runtime() -> Runtime:
 
         tracer = trace.get_tracer("bakhmach_obs", __version__)
     return Runtime(settings, prometheus_client.REGISTRY, tracer=tracer)
+
+
+_T = TypeVar("_T", bound="_Bound")
+
+
+class _Bound(Protocol):
+    rt: Runtime
+
+
+def per_runtime(factory: Callable[[Runtime], _T]) -> Callable[[], _T]:
+    """A value built from the current runtime by ``factory``, rebuilt only when ``configure()`` replaces it.
+
+    Adapters keep what they resolve per configuration (metric families, switches) in such a value;
+    the returned function is one identity check on the hot path.
+    """
+    cache: list[_T | None] = [None]
+
+    def get() -> _T:
+        value = cache[0]
+        if value is None or value.rt is not CURRENT[0]:
+            value = cache[0] = factory(current())
+        return value
+
+    return get
 
 
 def current() -> Runtime:

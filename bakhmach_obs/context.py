@@ -22,9 +22,11 @@ __all__ = [
     "bound_fields",
     "correlation_id",
     "correlation_scope",
+    "instrumentation_suppressed",
     "is_suppressed",
     "log_context",
     "new_correlation_id",
+    "otel_suppressed",
     "set_correlation_id",
     "suppress",
 ]
@@ -35,6 +37,29 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 SUPPRESSED: ContextVar[bool] = ContextVar("bakhmach_obs_suppressed", default=False)
 CORRELATION_ID: ContextVar[str | None] = ContextVar("bakhmach_obs_correlation_id", default=None)
 FIELDS: ContextVar[Mapping[str, Any]] = ContextVar("bakhmach_obs_fields", default=_EMPTY)
+
+
+try:  # one context lookup instead of is_instrumentation_enabled()'s two (private OTel names)
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY as _OTEL_KEY
+    from opentelemetry.context import get_current as _otel_current
+    from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN as _OTEL_KEY_PLAIN
+
+    def otel_suppressed() -> bool:
+        """True while OpenTelemetry's ``suppress_instrumentation()`` is in force."""
+        ctx = _otel_current()
+        return bool(ctx) and bool(ctx.get(_OTEL_KEY) or ctx.get(_OTEL_KEY_PLAIN))
+
+except ImportError:  # pragma: no cover - the private names moved: use the public check
+    from opentelemetry.instrumentation.utils import is_instrumentation_enabled as _enabled
+
+    def otel_suppressed() -> bool:
+        """True while OpenTelemetry's ``suppress_instrumentation()`` is in force."""
+        return not _enabled()
+
+
+def instrumentation_suppressed() -> bool:
+    """True inside :func:`suppress` or OpenTelemetry's ``suppress_instrumentation()``: adapters record nothing."""
+    return SUPPRESSED.get() or otel_suppressed()
 
 
 def is_suppressed() -> bool:

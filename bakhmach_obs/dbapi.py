@@ -67,15 +67,12 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 import wrapt
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY as _SUPPRESS_KEY
-from opentelemetry.context import get_current as _get_current
-from opentelemetry.instrumentation.utils import _SUPPRESS_INSTRUMENTATION_KEY_PLAIN as _SUPPRESS_KEY_PLAIN
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import conventions as c
 from ._runtime import CURRENT, Runtime, current
 from ._sql import OPERATION_OTHER, SCAN_LIMIT, parameterize, summarize
-from .context import SUPPRESSED
+from .context import instrumentation_suppressed
 from .errors import ConfigurationError
 from .logs import exception_type_name
 from .metrics import HistogramCell, _LazyExemplar
@@ -386,25 +383,19 @@ def _fail(b: _Binding, db: _Db, stmt: _Stmt, span: Any, exc: BaseException, dura
         rt.report_error("tracing", err)
 
 
-def _otel_suppressed() -> bool:
-    """OpenTelemetry's instrumentation suppression is on (``is_instrumentation_enabled()``, one lookup)."""
-    ctx = _get_current()
-    return bool(ctx) and bool(ctx.get(_SUPPRESS_KEY) or ctx.get(_SUPPRESS_KEY_PLAIN))
-
-
 def _binding(db: _Db) -> _Binding | None:
     """The binding to record with, or None when nothing must be recorded now."""
     b = db.binding
     if b is None or b.rt is not CURRENT[0]:
         b = db.bind()
-    if not b.on or SUPPRESSED.get() or _otel_suppressed():
+    if not b.on or instrumentation_suppressed():
         return None
     return b
 
 
 # --- wrapped methods -------------------------------------------------------------------------------
 # The hot path is written out in full (no helper calls until a statement is known to be recorded):
-# a call costs one identity check for the runtime, two context lookups and a dict lookup.
+# a call costs one identity check for the runtime, the suppression check and a dict lookup.
 
 
 def _sync_method(name: str, kind: int, cursor: bool) -> Callable[..., Any]:
@@ -415,8 +406,7 @@ def _sync_method(name: str, kind: int, cursor: bool) -> Callable[..., Any]:
         b = db.binding
         if b is None or b.rt is not CURRENT[0]:
             b = db.bind()
-        ctx = _get_current()
-        if not b.on or SUPPRESSED.get() or (ctx and (ctx.get(_SUPPRESS_KEY) or ctx.get(_SUPPRESS_KEY_PLAIN))):
+        if not b.on or instrumentation_suppressed():
             result = fn(*args, **kwargs)
         else:
             try:

@@ -58,12 +58,11 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import conventions as c
-from ._runtime import CURRENT, Runtime, current
-from .context import CORRELATION_ID, SUPPRESSED
+from ._runtime import Runtime, per_runtime
+from .context import CORRELATION_ID, SUPPRESSED, otel_suppressed
 from .logs import exception_type_name
 
 if TYPE_CHECKING:
@@ -113,19 +112,12 @@ class _Bound:
         self.exemplars = rt.exemplars and self.family is not None
 
 
-_BOUND: list[_Bound | None] = [None]
-
-
-def _bound() -> _Bound:
-    b = _BOUND[0]
-    if b is None or b.rt is not CURRENT[0]:
-        b = _BOUND[0] = _Bound(current())
-    return b
+_bound = per_runtime(_Bound)
 
 
 def _otel_suppressed() -> bool:
     """OpenTelemetry's instrumentation suppression (all instrumentation, or HTTP only) is on."""
-    return not is_instrumentation_enabled() or bool(otel_context.get_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY))
+    return otel_suppressed() or bool(otel_context.get_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY))
 
 
 def _host_port(url: str) -> tuple[str, int | None, str]:
@@ -302,9 +294,7 @@ def _begin(
     quiet: bool = False,
 ) -> _Call | None:
     """Start recording a request, or None when it must not be recorded (or recording failed)."""
-    b = _BOUND[0]
-    if b is None or b.rt is not CURRENT[0]:
-        b = _bound()
+    b = _bound()
     if not b.on or SUPPRESSED.get() or _otel_suppressed():
         return None
     try:

@@ -52,13 +52,12 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import _runtime
 from . import conventions as c
 from ._http import correlation_id_from
-from .context import CORRELATION_ID, SUPPRESSED
+from .context import CORRELATION_ID, instrumentation_suppressed
 from .logs import exception_type_name
 
 __all__ = [
@@ -109,15 +108,13 @@ class _Bound:
         self.exemplars = rt.exemplars
 
 
-_BOUND: list[_Bound | None] = [None]
+_binding = _runtime.per_runtime(_Bound)
 
 
 def _bound() -> _Bound | None:
     """The binding to the current runtime, or None when nothing must be recorded."""
-    b = _BOUND[0]
-    if b is None or b.rt is not _runtime.CURRENT[0]:
-        b = _BOUND[0] = _Bound(_runtime.current())
-    if not b.on or SUPPRESSED.get() or not is_instrumentation_enabled():
+    b = _binding()
+    if not b.on or instrumentation_suppressed():
         return None
     return b
 

@@ -48,11 +48,9 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
-
 from . import conventions as c
-from ._runtime import CURRENT, Runtime, current
-from .context import SUPPRESSED
+from ._runtime import Runtime, per_runtime
+from .context import instrumentation_suppressed
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool, ConnectionPool
@@ -89,19 +87,12 @@ class _Bound:
                 rt.report_error("metrics", exc)
 
 
-_BOUND: list[_Bound | None] = [None]
-
-
-def _bound() -> _Bound:
-    b = _BOUND[0]
-    if b is None or b.rt is not CURRENT[0]:
-        b = _BOUND[0] = _Bound(current())
-    return b
+_bound = per_runtime(_Bound)
 
 
 def _quiet() -> bool:
     """True when operation measurements must not be recorded (``suppress()``, OTel suppression)."""
-    return SUPPRESSED.get() or not is_instrumentation_enabled()
+    return instrumentation_suppressed()
 
 
 class PoolMetrics:

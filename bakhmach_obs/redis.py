@@ -59,13 +59,12 @@ from functools import lru_cache
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import conventions as c
-from ._runtime import CURRENT, Runtime, current
+from ._runtime import Runtime, current, per_runtime
 from .cache import _NULL_OP, ERROR, HIT, MISS, OK, _OpCells, _Site, key_hash
-from .context import CORRELATION_ID, SUPPRESSED
+from .context import CORRELATION_ID, instrumentation_suppressed
 from .logs import exception_type_name
 from .metrics import HistogramCell, _LazyExemplar
 
@@ -153,14 +152,7 @@ class _Bound:
         self.on = self.on and (self.traced or self.family is not None)
 
 
-_BOUND: list[_Bound | None] = [None]
-
-
-def _bound() -> _Bound:
-    b = _BOUND[0]
-    if b is None or b.rt is not CURRENT[0]:
-        b = _BOUND[0] = _Bound(current())
-    return b
+_bound = per_runtime(_Bound)
 
 
 # --- per client ---------------------------------------------------------------------------------
@@ -310,10 +302,8 @@ class _Call:
 
 def _begin(target: _Target, command: str, args: tuple[Any, ...], batch: int | None = None) -> _Call | None:
     """Start recording, or None when nothing must be recorded (or starting failed)."""
-    b = _BOUND[0]
-    if b is None or b.rt is not CURRENT[0]:
-        b = _bound()
-    if not b.on or SUPPRESSED.get() or not is_instrumentation_enabled():
+    b = _bound()
+    if not b.on or instrumentation_suppressed():
         return None
     try:
         first_key = None

@@ -81,16 +81,15 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Dialect, Engine
 from sqlalchemy.pool import Pool
 
 from . import conventions as c
-from ._runtime import CURRENT, Runtime, current
+from ._runtime import Runtime, per_runtime
 from ._sql import OPERATION_OTHER, parameterize, summarize
-from .context import CORRELATION_ID, SUPPRESSED
+from .context import CORRELATION_ID, instrumentation_suppressed
 from .logs import exception_type_name
 from .pools import PoolMetrics
 
@@ -144,14 +143,7 @@ class _Bound:
         self.exemplars = rt.exemplars and self.family is not None
 
 
-_BOUND: list[_Bound | None] = [None]
-
-
-def _bound() -> _Bound:
-    b = _BOUND[0]
-    if b is None or b.rt is not CURRENT[0]:
-        b = _BOUND[0] = _Bound(current())
-    return b
+_bound = per_runtime(_Bound)
 
 
 def _system_name(dialect: Dialect) -> str:
@@ -354,10 +346,8 @@ class _EngineHooks:
         context: ExecutionContext | None,
         executemany: bool,
     ) -> None:
-        b = _BOUND[0]
-        if b is None or b.rt is not CURRENT[0]:
-            b = _bound()
-        if not b.on or SUPPRESSED.get() or not is_instrumentation_enabled():
+        b = _bound()
+        if not b.on or instrumentation_suppressed():
             return
         try:
             call = _Call(b, self, conn.dialect, statement)
