@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "ACTIVE_USER_WINDOWS",
+    "ASYNCIO_TASKS",
     "ATTR_CACHE_KEY_HASH",
     "ATTR_CACHE_NAME",
     "ATTR_CACHE_OPERATION",
@@ -62,6 +64,14 @@ __all__ = [
     "ATTR_URL_SCHEME",
     "ATTR_USER_AGENT",
     "BUILD_INFO",
+    "BUSINESS_ACTIVE_USERS",
+    "BUSINESS_CHURN_RATIO",
+    "BUSINESS_ENGAGEMENT_SCORE",
+    "BUSINESS_FEATURE_USAGE",
+    "BUSINESS_FUNNEL_STEP",
+    "BUSINESS_OTHER",
+    "BUSINESS_REVENUE",
+    "BUSINESS_TRANSACTIONS",
     "CACHE_DURATION",
     "CACHE_DURATION_BUCKETS",
     "CACHE_OPERATIONS",
@@ -73,11 +83,22 @@ __all__ = [
     "DB_CONNECTION_WAIT",
     "DB_DURATION_BUCKETS",
     "DEFAULT_CARDINALITY_LIMIT",
+    "DISK_IO_DIRECTIONS",
     "DROPPED_SPANS",
     "DURATION_BUCKETS",
+    "EVENT_LOOP_LAG",
+    "EXPORTER_PORTS",
+    "EXTERNAL_METRICS",
     "FUNCTION_CALLS",
     "FUNCTION_CALLS_CONCURRENT",
     "FUNCTION_CALLS_DURATION",
+    "GC_PAUSE",
+    "GC_PAUSE_BUCKETS",
+    "HEALTH_CHECK_DURATION",
+    "HEALTH_CHECK_RUNS",
+    "HEALTH_CHECK_STATUS",
+    "HEALTH_DURATION_BUCKETS",
+    "HEALTH_RESULTS",
     "HTTP_CLIENT_DURATION",
     "HTTP_KNOWN_METHODS",
     "HTTP_METHOD_OTHER",
@@ -90,14 +111,21 @@ __all__ = [
     "LABEL_CACHE_NAME",
     "LABEL_CACHE_OPERATION",
     "LABEL_CACHE_RESULT",
+    "LABEL_CHECK",
     "LABEL_COMPONENT",
+    "LABEL_CURRENCY",
     "LABEL_DB_COLLECTION",
     "LABEL_DB_NAMESPACE",
     "LABEL_DB_OPERATION",
     "LABEL_DB_SYSTEM",
     "LABEL_DEPLOYMENT_ENVIRONMENT",
+    "LABEL_DISK_IO_DIRECTION",
     "LABEL_ERROR_TYPE",
+    "LABEL_FEATURE",
     "LABEL_FUNCTION",
+    "LABEL_FUNNEL",
+    "LABEL_FUNNEL_STEP",
+    "LABEL_GC_GENERATION",
     "LABEL_HTTP_METHOD",
     "LABEL_HTTP_ROUTE",
     "LABEL_HTTP_STATUS",
@@ -106,14 +134,23 @@ __all__ = [
     "LABEL_MESSAGING_SYSTEM",
     "LABEL_METRIC",
     "LABEL_MODULE",
+    "LABEL_NETWORK_INTERFACE",
+    "LABEL_NETWORK_IO_DIRECTION",
+    "LABEL_NETWORK_TRANSPORT",
     "LABEL_POOL_NAME",
     "LABEL_POOL_STATE",
     "LABEL_REASON",
     "LABEL_RESULT",
     "LABEL_SDK_VERSION",
+    "LABEL_SEGMENT",
     "LABEL_SERVER_ADDRESS",
     "LABEL_SERVICE_NAME",
     "LABEL_SERVICE_VERSION",
+    "LABEL_SLO",
+    "LABEL_SLO_FEATURE",
+    "LABEL_SLO_SERVICE",
+    "LABEL_TRANSACTION_TYPE",
+    "LABEL_WINDOW",
     "LOG_DROP_REASONS",
     "LOG_FIELDS",
     "LOG_RECORDS_DROPPED",
@@ -125,20 +162,35 @@ __all__ = [
     "MESSAGING_QUEUE_LAG",
     "MESSAGING_SENT",
     "METRICS",
-    "METRIC_OVERFLOW",
     "MetricKind",
+    "METRIC_OVERFLOW",
     "MetricSpec",
+    "NETWORK_IO_DIRECTIONS",
     "OVERFLOW_LABEL",
     "POOL_STATES",
+    "PROCESS_DISK_IO",
+    "PROCESS_DISK_OPERATIONS",
+    "PROCESS_NETWORK_IO",
+    "PROCESS_OPEN_CONNECTIONS",
+    "PROCESS_THREAD_COUNT",
     "RESERVED_LOG_FIELDS",
     "RESULT_ERROR",
     "RESULT_OK",
     "SIZE_BUCKETS",
+    "SLO_BUDGET_REMAINING",
+    "SLO_ERROR_BUDGET",
+    "SLO_OBJECTIVE",
+    "SLO_PERIOD_BURN_RATE",
+    "SLO_SLI_ERROR",
+    "SLO_WINDOWS",
     "SPAN_ATTRIBUTES",
     "SpanAttribute",
     "TELEMETRY_COMPONENTS",
     "TELEMETRY_ERRORS",
+    "emitted_series_names",
+    "known_series_names",
     "metric",
+    "slo_sli_error",
 ]
 
 MetricKind = Literal["counter", "histogram", "gauge"]
@@ -220,6 +272,19 @@ LABEL_CACHE_RESULT = "cache_result"
 LABEL_MESSAGING_SYSTEM = "messaging_system"
 LABEL_MESSAGING_OPERATION = "messaging_operation_name"
 LABEL_MESSAGING_DESTINATION = "messaging_destination_name"
+LABEL_CHECK = "check"
+LABEL_DISK_IO_DIRECTION = "disk_io_direction"
+LABEL_NETWORK_IO_DIRECTION = "network_io_direction"
+LABEL_NETWORK_INTERFACE = "network_interface_name"
+LABEL_NETWORK_TRANSPORT = "network_transport"
+LABEL_GC_GENERATION = "cpython_gc_generation"
+LABEL_WINDOW = "window"
+LABEL_TRANSACTION_TYPE = "transaction_type"
+LABEL_CURRENCY = "currency"
+LABEL_FEATURE = "feature"
+LABEL_FUNNEL = "funnel"
+LABEL_FUNNEL_STEP = "funnel_step"
+LABEL_SEGMENT = "segment"
 
 #: ``cache_result`` values: a lookup hit or missed; a write/delete succeeded or failed.
 CACHE_RESULTS = ("hit", "miss", "ok", "error")
@@ -249,7 +314,29 @@ DEFAULT_CARDINALITY_LIMIT = 2000
 LOG_DROP_REASONS = ("queue_full", "encoding", "shutdown")
 
 #: Components named by ``bakhmach_obs_telemetry_errors_total{component}``.
-TELEMETRY_COMPONENTS = ("database", "exporter", "instrument", "logging", "messaging", "metrics", "tracing")
+TELEMETRY_COMPONENTS = (
+    "business",
+    "database",
+    "exporter",
+    "health",
+    "instrument",
+    "logging",
+    "messaging",
+    "metrics",
+    "runtime",
+    "tracing",
+)
+
+#: ``result`` values of ``health_check_runs_total``: the check passed, failed (raised, returned a
+#: failure, or its dependency refused) or did not answer within its timeout.
+HEALTH_RESULTS = ("pass", "fail", "timeout")
+#: ``disk_io_direction`` / ``network_io_direction`` values (OpenTelemetry's).
+DISK_IO_DIRECTIONS = ("read", "write")
+NETWORK_IO_DIRECTIONS = ("receive", "transmit")
+#: ``window`` values of ``business_active_users``.
+ACTIVE_USER_WINDOWS = ("1m", "5m", "1h", "1d")
+#: The value an undeclared feature, funnel step, segment or transaction type collapses into.
+BUSINESS_OTHER = "other"
 
 # --- bucket presets -------------------------------------------------------------------------
 #: OpenTelemetry's advisory buckets for request durations, in seconds.
@@ -261,6 +348,11 @@ DURATION_BUCKETS: tuple[float, ...] = (
 DB_DURATION_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 #: Cache operations are sub-millisecond to a few milliseconds.
 CACHE_DURATION_BUCKETS: tuple[float, ...] = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+
+#: Health checks: a fraction of a millisecond (in-process) to the readiness deadline (~1 s).
+HEALTH_DURATION_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5)
+#: Garbage-collector pauses: tens of microseconds (generation 0) to seconds (a full collection).
+GC_PAUSE_BUCKETS: tuple[float, ...] = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 #: Body sizes in bytes (powers of 4 from 64 B to 64 MiB).
 SIZE_BUCKETS: tuple[float, ...] = tuple(float(64 * 4**i) for i in range(11))
@@ -497,6 +589,149 @@ MESSAGING_QUEUE_LAG = MetricSpec(
     multiprocess_mode="max",
 )
 
+HEALTH_CHECK_STATUS = MetricSpec(
+    name="health_check_status",
+    kind="gauge",
+    unit="",
+    help="Result of the latest run of a health check: 1 passed, 0 failed or timed out.",
+    labels=(LABEL_CHECK,),
+    multiprocess_mode="livemostrecent",
+)
+HEALTH_CHECK_DURATION = MetricSpec(
+    name="health_check_duration_seconds",
+    kind="histogram",
+    unit="seconds",
+    help="Duration of health-check runs (cached answers are not runs), in seconds.",
+    labels=(LABEL_CHECK,),
+    buckets=HEALTH_DURATION_BUCKETS,
+)
+HEALTH_CHECK_RUNS = MetricSpec(
+    name="health_check_runs_total",
+    kind="counter",
+    unit="",
+    help="Health-check runs by result (pass, fail, timeout); the availability SLI counts these.",
+    labels=(LABEL_CHECK, LABEL_RESULT),
+)
+
+PROCESS_DISK_IO = MetricSpec(
+    name="process_disk_io_bytes_total",
+    kind="counter",
+    unit="bytes",
+    help="Bytes the process read from and wrote to storage (Linux /proc/<pid>/io).",
+    labels=(LABEL_DISK_IO_DIRECTION,),
+    otel_name="process.disk.io",
+)
+PROCESS_DISK_OPERATIONS = MetricSpec(
+    name="process_disk_operations_total",
+    kind="counter",
+    unit="",
+    help="Read and write system calls the process made (Linux /proc/<pid>/io syscr, syscw).",
+    labels=(LABEL_DISK_IO_DIRECTION,),
+    otel_name="process.disk.operations",
+)
+PROCESS_NETWORK_IO = MetricSpec(
+    name="process_network_io_bytes_total",
+    kind="counter",
+    unit="bytes",
+    help="Bytes received and transmitted on the interfaces of the process's network namespace (the container's).",
+    labels=(LABEL_NETWORK_INTERFACE, LABEL_NETWORK_IO_DIRECTION),
+    otel_name="process.network.io",
+)
+PROCESS_OPEN_CONNECTIONS = MetricSpec(
+    name="process_open_connections",
+    kind="gauge",
+    unit="",
+    help="Open network connections (sockets) of the process, by transport.",
+    labels=(LABEL_NETWORK_TRANSPORT,),
+    multiprocess_mode="livesum",
+)
+PROCESS_THREAD_COUNT = MetricSpec(
+    name="process_thread_count",
+    kind="gauge",
+    unit="",
+    help="Threads of the process.",
+    labels=(),
+    otel_name="process.thread.count",
+    multiprocess_mode="livesum",
+)
+GC_PAUSE = MetricSpec(
+    name="python_gc_pause_seconds",
+    kind="histogram",
+    unit="seconds",
+    help="Time the garbage collector stopped the interpreter, per collection, by generation.",
+    labels=(LABEL_GC_GENERATION,),
+    buckets=GC_PAUSE_BUCKETS,
+)
+ASYNCIO_TASKS = MetricSpec(
+    name="python_asyncio_tasks",
+    kind="gauge",
+    unit="",
+    help="Unfinished asyncio tasks of the watched event loop.",
+    labels=(),
+    multiprocess_mode="livesum",
+)
+EVENT_LOOP_LAG = MetricSpec(
+    name="python_asyncio_event_loop_lag_seconds",
+    kind="gauge",
+    unit="seconds",
+    help="How late the watched event loop ran a callback scheduled for a known time (latest probe).",
+    labels=(),
+    multiprocess_mode="livemax",
+)
+
+BUSINESS_TRANSACTIONS = MetricSpec(
+    name="business_transactions_total",
+    kind="counter",
+    unit="",
+    help="Business transactions by declared type and currency.",
+    labels=(LABEL_TRANSACTION_TYPE, LABEL_CURRENCY),
+)
+BUSINESS_REVENUE = MetricSpec(
+    name="business_revenue_minor_units_total",
+    kind="counter",
+    unit="",
+    help="Transaction amounts in the currency's minor units (cents), exact integers; divide by 10^exponent to show.",
+    labels=(LABEL_TRANSACTION_TYPE, LABEL_CURRENCY),
+)
+BUSINESS_ACTIVE_USERS = MetricSpec(
+    name="business_active_users",
+    kind="gauge",
+    unit="",
+    help="Distinct users seen over a sliding window (estimated; no user id is ever a label).",
+    labels=(LABEL_WINDOW,),
+    multiprocess_mode="livemax",
+)
+BUSINESS_FEATURE_USAGE = MetricSpec(
+    name="business_feature_usage_total",
+    kind="counter",
+    unit="",
+    help="Uses of a declared product feature.",
+    labels=(LABEL_FEATURE,),
+)
+BUSINESS_FUNNEL_STEP = MetricSpec(
+    name="business_funnel_step_total",
+    kind="counter",
+    unit="",
+    help="Entries into a declared step of a declared conversion funnel.",
+    labels=(LABEL_FUNNEL, LABEL_FUNNEL_STEP),
+)
+BUSINESS_ENGAGEMENT_SCORE = MetricSpec(
+    name="business_user_engagement_score",
+    kind="gauge",
+    unit="",
+    help="User engagement score computed by a batch job, by declared segment.",
+    labels=(LABEL_SEGMENT,),
+    multiprocess_mode="mostrecent",
+)
+BUSINESS_CHURN_RATIO = MetricSpec(
+    name="business_churn_ratio",
+    kind="gauge",
+    unit="",
+    help="Share of users who churned in the batch job's period (0 to 1), by declared segment.",
+    labels=(LABEL_SEGMENT,),
+    multiprocess_mode="mostrecent",
+)
+
 #: Every metric family the SDK can emit, in documentation order.
 METRICS: tuple[MetricSpec, ...] = (
     FUNCTION_CALLS,
@@ -526,6 +761,24 @@ METRICS: tuple[MetricSpec, ...] = (
     MESSAGING_PROCESS_DURATION,
     MESSAGING_QUEUE_DEPTH,
     MESSAGING_QUEUE_LAG,
+    HEALTH_CHECK_STATUS,
+    HEALTH_CHECK_DURATION,
+    HEALTH_CHECK_RUNS,
+    PROCESS_DISK_IO,
+    PROCESS_DISK_OPERATIONS,
+    PROCESS_NETWORK_IO,
+    PROCESS_OPEN_CONNECTIONS,
+    PROCESS_THREAD_COUNT,
+    GC_PAUSE,
+    ASYNCIO_TASKS,
+    EVENT_LOOP_LAG,
+    BUSINESS_TRANSACTIONS,
+    BUSINESS_REVENUE,
+    BUSINESS_ACTIVE_USERS,
+    BUSINESS_FEATURE_USAGE,
+    BUSINESS_FUNNEL_STEP,
+    BUSINESS_ENGAGEMENT_SCORE,
+    BUSINESS_CHURN_RATIO,
 )
 
 _BY_NAME = {m.name: m for m in METRICS}
@@ -538,6 +791,119 @@ def metric(name: str) -> MetricSpec:
         KeyError: when the SDK defines no such metric.
     """
     return _BY_NAME[name]
+
+
+# --- what other exporters emit ----------------------------------------------------------------
+#: Metric names that generated rules and dashboards may use beside the SDK's own, by the exporter
+#: that emits them. Anything a rule or a panel references must be here or in :data:`METRICS`
+#: (tests parse every generated expression and check this).
+EXTERNAL_METRICS: dict[str, tuple[str, ...]] = {
+    "prometheus": ("up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS", "ALERTS_FOR_STATE"),
+    "prometheus_client": (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "process_max_fds",
+        "python_gc_objects_collected_total",
+        "python_gc_collections_total",
+        "python_info",
+    ),
+    "node_exporter": (
+        "node_cpu_seconds_total",
+        "node_load1",
+        "node_load5",
+        "node_load15",
+        "node_memory_MemTotal_bytes",
+        "node_memory_MemAvailable_bytes",
+        "node_filesystem_size_bytes",
+        "node_filesystem_avail_bytes",
+        "node_filesystem_readonly",
+        "node_disk_read_bytes_total",
+        "node_disk_written_bytes_total",
+        "node_disk_reads_completed_total",
+        "node_disk_writes_completed_total",
+        "node_network_receive_bytes_total",
+        "node_network_transmit_bytes_total",
+        "node_boot_time_seconds",
+    ),
+    "postgres_exporter": (
+        "pg_up",
+        "pg_stat_activity_count",
+        "pg_settings_max_connections",
+        "pg_replication_lag_seconds",
+        "pg_stat_database_xact_commit",
+        "pg_stat_database_xact_rollback",
+        "pg_database_size_bytes",
+    ),
+    "kube_state_metrics": (
+        "kube_pod_status_phase",
+        "kube_pod_status_ready",
+        "kube_pod_container_status_restarts_total",
+        "kube_deployment_spec_replicas",
+        "kube_deployment_status_replicas_available",
+    ),
+    "cadvisor": (
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_network_receive_bytes_total",
+        "container_network_transmit_bytes_total",
+    ),
+}
+
+#: Default scrape ports of the exporters above (the seed's postgres exporter on 9187).
+EXPORTER_PORTS: dict[str, int] = {"node_exporter": 9100, "postgres_exporter": 9187, "kube_state_metrics": 8080}
+
+# --- SLO recording rules ----------------------------------------------------------------------
+#: Label keys the generated SLO rules put on every series they record.
+LABEL_SLO = "slo"
+LABEL_SLO_SERVICE = "service"
+LABEL_SLO_FEATURE = "feature"
+#: Windows the SLI error ratio is recorded at (the SLO's own window is added per SLO).
+SLO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+#: ``slo:sli_error:ratio_rate5m`` and so on: the SLI's error ratio over a window, as a ratio of increases.
+SLO_SLI_ERROR = "slo:sli_error:ratio_rate{window}"
+#: The SLO's target (0.999), its error budget (0.001), the burn rate over the SLO window, and the
+#: share of the window's budget still unspent (1 = untouched, <= 0 = exhausted).
+SLO_OBJECTIVE = "slo:objective:ratio"
+SLO_ERROR_BUDGET = "slo:error_budget:ratio"
+SLO_PERIOD_BURN_RATE = "slo:period_burn_rate:ratio"
+SLO_BUDGET_REMAINING = "slo:period_error_budget_remaining:ratio"
+
+
+def slo_sli_error(window: str) -> str:
+    """The recorded error-ratio series of an SLI over ``window``.
+
+    Example:
+        >>> slo_sli_error("5m")
+        'slo:sli_error:ratio_rate5m'
+    """
+    return SLO_SLI_ERROR.format(window=window)
+
+
+def emitted_series_names() -> frozenset[str]:
+    """Every series name the SDK emits, with histogram and counter sample suffixes expanded.
+
+    Example:
+        >>> "http_server_request_duration_seconds_bucket" in emitted_series_names()
+        True
+    """
+    names: set[str] = set()
+    for m in METRICS:
+        if m.kind == "histogram":
+            names.update(m.name + suffix for suffix in ("_bucket", "_sum", "_count", "_created"))
+        elif m.kind == "counter":
+            names.update((m.name, m.family + "_created"))
+        else:
+            names.add(m.name)
+    return frozenset(names)
+
+
+def known_series_names() -> frozenset[str]:
+    """:func:`emitted_series_names` plus every :data:`EXTERNAL_METRICS` name: what rules may reference."""
+    external = {n for names in EXTERNAL_METRICS.values() for n in names}
+    return emitted_series_names() | external
 
 
 # --- span attributes ------------------------------------------------------------------------
