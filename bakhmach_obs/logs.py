@@ -54,6 +54,21 @@ except ImportError:  # pragma: no cover - exercised by the minimal session
 _ORJSON_OPTIONS = getattr(_orjson, "OPT_NON_STR_KEYS", 0) | getattr(_orjson, "OPT_SERIALIZE_NUMPY", 0)
 _get_current_span = trace.get_current_span
 
+try:  # one context-variable read instead of get_current_span()'s three calls (private OTel names)
+    from opentelemetry.context import _RUNTIME_CONTEXT
+    from opentelemetry.trace.propagation import _SPAN_KEY
+
+    _otel_context_get = _RUNTIME_CONTEXT._current_context.get  # type: ignore[attr-defined]
+
+    def _current_span() -> Any:
+        return _otel_context_get().get(_SPAN_KEY)
+
+except (ImportError, AttributeError):  # pragma: no cover - another runtime context: the public API
+
+    def _current_span() -> Any:
+        return _get_current_span()
+
+
 __all__ = ["RESERVED_FIELDS", "ConsoleFormatter", "JsonFormatter", "exception_type_name", "install_logging"]
 
 #: Fields the formatter owns; ``extra=`` and bound fields can never replace them.
@@ -152,7 +167,7 @@ class JsonFormatter(_PJLJsonFormatter):
     def _encode(self, data: dict[str, Any]) -> str:
         if _orjson is not None:
             try:
-                return str(_orjson.dumps(data, default=self._default, option=_ORJSON_OPTIONS).decode())
+                return _orjson.dumps(data, default=self._default, option=_ORJSON_OPTIONS).decode()
             except (TypeError, ValueError):  # e.g. an int beyond 64 bits: the standard encoder copes
                 pass
         return str(self._encode_std(data))
@@ -176,17 +191,19 @@ class JsonFormatter(_PJLJsonFormatter):
     def _format(self, record: logging.LogRecord) -> str:
         rt = _runtime.CURRENT[0] or _runtime.current()
         policy = self.redaction or rt.redaction
-        message = record.getMessage() if record.args else str(record.msg)
+        msg = record.msg
+        message = record.getMessage() if record.args else (msg if type(msg) is str else str(msg))
         data: dict[str, Any] = {
             "timestamp": _iso_utc(record.created, record.msecs),
             "service": self.service or rt.settings.service_name,
             "level": record.levelname,
-            "message": policy.redact_text(message),
+            "message": message,
             "logger": record.name,
             "correlation_id": CORRELATION_ID.get(),
         }
-        ctx = _get_current_span().get_span_context()
-        if ctx.is_valid:
+        span = _current_span()
+        ctx = None if span is None else span.get_span_context()
+        if ctx is not None and (ctx is _ids_cache[0] or ctx.is_valid):
             _, data["trace_id"], data["span_id"], data["trace_flags"] = _span_ids(ctx)
         else:
             ids = _valid_ids(record)
@@ -212,7 +229,10 @@ class JsonFormatter(_PJLJsonFormatter):
         if record.stack_info:
             fields["stack_info"] = record.stack_info
         if fields:
-            data.update(policy.redact_mapping(fields))
+            data["message"], redacted = policy.redact_message_and_fields(message, fields)
+            data.update(redacted)
+        else:
+            data["message"] = policy.redact_text(message)
 
         line = self._encode(data)
         if (not line.isascii() or "\x7f" in line) and _UNSAFE.search(line):

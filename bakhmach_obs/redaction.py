@@ -550,6 +550,47 @@ class RedactionPolicy:
         except Exception:  # noqa: BLE001 - an unreadable mapping: nothing of it is shown
             return {}
 
+    def redact_message_and_fields(self, message: str, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """:meth:`redact_text` of ``message`` and :meth:`redact_mapping` of ``fields`` in one pass.
+
+        The log formatter's hot path: the message joins the fields' strings in the one pre-check,
+        so a clean record costs one substring scan instead of two.
+
+        Example:
+            >>> from bakhmach_obs.redaction import DEFAULT_POLICY
+            >>> DEFAULT_POLICY.redact_message_and_fields("paid with Bearer t0k", {"password": "x", "n": 1})
+            ('paid with Bearer [REDACTED]', {'password': '[REDACTED]', 'n': 1})
+        """
+        try:
+            if type(message) is str and type(fields) is dict and self._flat_ok and self._patterns:
+                clean = self._clean
+                pending: list[str] = [] if message in clean else [message]
+                add = pending.append
+                for value in fields.values():
+                    cls = type(value)
+                    if cls is str:
+                        if value not in clean:
+                            add(value)
+                    elif cls not in _SCALARS:
+                        break
+                else:
+                    if pending:
+                        if self._may_match("\x00".join(pending)):
+                            return self.redact_text(message), self._walk_dict(fields)
+                        self._remember(pending)
+                    safe = self._safe_keys
+                    if fields.keys() <= safe:
+                        return message, fields.copy()
+                    result = fields.copy()
+                    denied, replacement = self.is_denied, self._replacement
+                    for key in fields.keys() - safe:  # new or denied keys only
+                        if denied(key):
+                            result[key] = replacement
+                    return message, result
+        except Exception:  # noqa: BLE001 - fall back to the two separate, individually safe calls
+            pass
+        return self.redact_text(message), self.redact_mapping(fields)
+
     def _walk_dict(self, mapping: Mapping[str, Any]) -> dict[str, Any]:
         result = self._walk_mapping(mapping, 0, None)
         return result if isinstance(result, dict) else {}  # max_depth=0: nothing is walked

@@ -340,6 +340,18 @@ def test_fast_path_agrees_with_the_full_walk(mapping):
     assert policy.redact(mapping) == expected
 
 
+@PROPERTY
+@given(
+    message=st.one_of(st.text(max_size=40), st.sampled_from(["paid with Bearer abcdefgh", "card 4111 1111 1111 1111"])),
+    mapping=st.dictionaries(mixed_keys, mixed_values, max_size=8),
+)
+def test_message_and_fields_in_one_pass_agree_with_the_separate_calls(message, mapping):
+    policy = RedactionPolicy()
+    expected = (policy.redact_text(message), {k: policy.redact(v, key=k) for k, v in mapping.items()})
+    assert policy.redact_message_and_fields(message, mapping) == expected  # cold
+    assert policy.redact_message_and_fields(message, mapping) == expected  # warm: cached clean strings
+
+
 # --- text patterns ------------------------------------------------------------------------------
 
 
