@@ -4,9 +4,10 @@ Routes: ``GET /users/{user_id}`` (calls the downstream profile service over inst
 ``POST /orders``, ``POST /payments`` (over ``PAYMENT_LIMIT_CENTS`` the provider declines with
 ``PaymentError("Insufficient funds", error_code="PAYMENT_001")``, answered as 402), ``GET /boom``
 (an unhandled exception: 500), ``GET /slow?delay=`` (a slow dependency, for latency and in-flight
-gauges), ``GET /health/live`` and ``/metrics``. Every request gets a duration observation by route
-template, a SERVER span continuing the caller's ``traceparent``, a correlation id (from
-``X-Correlation-ID``, echoed back) and one JSON access-log line on stdout.
+gauges), ``GET /health/live``, ``/health/ready``, ``/health/startup`` and ``/metrics``. Every
+request gets a duration observation by route template, a SERVER span continuing the caller's
+``traceparent``, a correlation id (from ``X-Correlation-ID``, echoed back) and one JSON access-log
+line on stdout.
 
 Run it (from the repository root)::
 
@@ -42,6 +43,7 @@ from pydantic import BaseModel
 
 import bakhmach_obs
 from bakhmach_obs.asgi import ObservabilityMiddleware
+from bakhmach_obs.health import HealthChecks, rabbitmq_check
 from bakhmach_obs.http_client import instrument_httpx
 
 # 1. Configure once, at import: every worker process imports this module and sets itself up.
@@ -56,6 +58,11 @@ PAYMENT_LIMIT_CENTS = int(os.environ.get("PAYMENT_LIMIT_CENTS", "10000"))
 AMQP_URL = os.environ.get("AMQP_URL")
 ORDERS_QUEUE = os.environ.get("QUEUE", "orders")
 _amqp = threading.local()
+
+#: Readiness and startup probes (docs/health.md); the queue is a dependency only when it is used.
+health = HealthChecks()
+if AMQP_URL:
+    health.add("queue", rabbitmq_check(AMQP_URL))
 
 
 def publish_order(message: dict[str, Any]) -> None:
@@ -153,6 +160,7 @@ async def charge(user_id: str, amount_cents: int) -> str:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with downstream_client() as client:
         app.state.downstream = client
+        health.mark_started()
         yield
     bakhmach_obs.shutdown()  # flush the spans still queued before the worker exits
 
@@ -216,8 +224,13 @@ async def slow(delay: float = 1.0) -> dict[str, float]:
 
 @app.get("/health/live")
 async def live() -> dict[str, Any]:
-    # Excluded from metrics, spans and access logs by default.
+    # Excluded from metrics, spans and access logs by default. The example's own liveness adds the
+    # worker pid (the multi-worker tests tell workers apart by it); health.live() is the seed's body.
     return {"status": "alive", "uptime_seconds": round(time.monotonic() - STARTED, 3), "pid": os.getpid()}
+
+
+# /health/ready and /health/startup (mounted after the route above, which keeps /health/live).
+app.mount("/health", health.asgi_app(probes=("ready", "startup")))
 
 
 if __name__ == "__main__":

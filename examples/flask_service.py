@@ -4,7 +4,8 @@
 Routes: ``GET /users/<int:user_id>`` (calls the downstream profile service over instrumented
 httpx), ``POST /orders``, ``POST /payments`` (over ``PAYMENT_LIMIT_CENTS`` the provider declines
 with ``PaymentError("Insufficient funds", error_code="PAYMENT_001")``, answered as 402), ``GET
-/boom`` (an unhandled exception: 500), ``GET /slow?delay=``, ``GET /health/live`` and ``/metrics``.
+/boom`` (an unhandled exception: 500), ``GET /slow?delay=``, ``GET /health/live``, ``/health/ready``,
+``/health/startup`` and ``/metrics``.
 
 Run it (from the repository root) under gunicorn, with the multiprocess metrics directory set in
 the shell and the hooks of :mod:`bakhmach_obs.gunicorn` (``on_starting`` wipes the directory,
@@ -35,6 +36,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 import bakhmach_obs
 from bakhmach_obs.flask import init_app
+from bakhmach_obs.health import HealthChecks
 from bakhmach_obs.http_client import instrument_httpx
 
 # 1. Configure once, at import. gunicorn imports the app in each worker after the fork (unless
@@ -159,8 +161,14 @@ def slow() -> Any:
 
 @app.get("/health/live")
 def live() -> Any:
-    # Excluded from metrics, spans and access logs by default.
+    # Excluded from metrics, spans and access logs by default. The example's own liveness adds the
+    # worker pid (the multi-worker tests tell workers apart by it); health.live() is the seed's body.
     return jsonify(status="alive", uptime_seconds=round(time.monotonic() - STARTED, 3), pid=os.getpid())
+
+
+# /health/ready and /health/startup (docs/health.md): add checks of the dependencies the service uses.
+health = HealthChecks()
+app.register_blueprint(health.flask_blueprint(probes=("ready", "startup")))
 
 
 if __name__ == "__main__":
