@@ -34,7 +34,7 @@ from . import _runtime
 from . import conventions as c
 from .context import CORRELATION_ID, SUPPRESSED
 from .logs import exception_type_name
-from .metrics import GaugeCell, HistogramCell
+from .metrics import GaugeCell, HistogramCell, _LazyExemplar
 
 __all__ = [
     "DEFAULT_EXCLUDED_PATHS",
@@ -120,11 +120,23 @@ def _default_propagators() -> bool:
 class _Binding:
     """Metric families and caches bound to one runtime (rebuilt when ``configure()`` runs again)."""
 
-    __slots__ = ("access", "active", "duration", "fast_propagation", "redaction", "routes", "rt", "spans", "stream")
+    __slots__ = (
+        "access",
+        "active",
+        "duration",
+        "exemplars",
+        "fast_propagation",
+        "redaction",
+        "routes",
+        "rt",
+        "spans",
+        "stream",
+    )
 
     def __init__(self, rt: _runtime.Runtime) -> None:
         self.rt = rt
         self.spans = rt.tracer is not None
+        self.exemplars = self.spans and rt.exemplars
         self.redaction = rt.redaction
         self.access = logging.getLogger(ACCESS_LOGGER)
         self.fast_propagation = _default_propagators()
@@ -422,7 +434,12 @@ class Exchange:
         try:
             if b.duration is not None:
                 duration, size_out, size_in = b.route_cells(self.method, route, status)
-                duration.observe(latency)
+                i = duration.observe(latency)
+                span = self.span
+                if span is not None and b.exemplars and duration.lock is not None:
+                    ctx = span.get_span_context()
+                    if ctx.trace_flags.sampled:  # a trace_id exemplar only when the trace exists
+                        duration.buckets[i].set_exemplar(_LazyExemplar(ctx.trace_id, ctx.span_id, latency, time.time()))
                 size_out.observe(self.bytes_out)
                 if self.req_size is not None:
                     size_in.observe(self.req_size)

@@ -221,6 +221,23 @@ def test_unsampled_parent_is_respected_and_costs_no_span():
         assert durations(cap) == {("GET", "/v1/users/{user_id}", "200"): 1.0}
 
 
+def test_request_duration_carries_a_trace_exemplar_only_for_sampled_requests():
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+
+    with capture() as cap:
+        run(build_app(), ("GET", "/v1/users/1"))
+        (span,) = cap.spans()
+        text = openmetrics_latest(cap.registry).decode()
+        lines = [ln for ln in text.splitlines() if ln.startswith("http_server_request_duration_seconds_bucket")]
+        marked = [ln for ln in lines if "#" in ln]
+        assert len(marked) == 1, lines
+        assert f'trace_id="{span.context.trace_id:032x}"' in marked[0]
+        assert f'span_id="{span.context.span_id:016x}"' in marked[0]
+    with capture(traces_sampler="parentbased_always_on") as cap:
+        run(build_app(), ("GET", "/v1/users/1", {"headers": {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-00"}}))
+        assert "trace_id" not in openmetrics_latest(cap.registry).decode()
+
+
 def test_application_exception_is_a_500_and_reraised_unchanged():
     with capture() as cap:
         with pytest.raises(Boom, match="kaput"):

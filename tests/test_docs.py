@@ -53,10 +53,10 @@ def _python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
 
 
-DOC_PAGES = sorted(p for p in [*DOCS.glob("*.md"), ROOT / "README.md"] if _python_blocks(p))
+DOC_PAGES = sorted(p for p in [*DOCS.rglob("*.md"), ROOT / "README.md"] if _python_blocks(p))
 
 
-@pytest.mark.parametrize("page", DOC_PAGES, ids=[p.name for p in DOC_PAGES])
+@pytest.mark.parametrize("page", DOC_PAGES, ids=[str(p.relative_to(ROOT)) for p in DOC_PAGES])
 def test_markdown_python_examples_run(page, tmp_path):
     """Each page's ```python blocks run in order, in a fresh interpreter, and exit 0."""
     script = tmp_path / "example.py"
