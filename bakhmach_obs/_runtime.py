@@ -98,6 +98,8 @@ class Runtime:
         self.enabled = not settings.disabled
         self.metrics_enabled = self.enabled and settings.metrics_enabled
         self.exemplars = settings.exemplars and not is_multiprocess()
+        #: The SLOs given to ``configure()`` (``slos=`` and the ``slo_file`` setting).
+        self.slos: tuple[Any, ...] = ()
         self._cells: dict[tuple[str, str], CallCells] = {}
         self._lock = threading.Lock()
 
@@ -208,14 +210,18 @@ def build_runtime(
     registry: CollectorRegistry | None = None,
     span_processors: Sequence[SpanProcessor] = (),
     redaction: Any = None,
+    slos: Sequence[Any] = (),
 ) -> Runtime:
-    """Build (but do not install) a runtime: metric set, build info, tracer provider."""
+    """Build (but do not install) a runtime: metric set, SLO buckets, build info, tracer provider."""
     from . import __version__
     from .tracing import build_tracing
 
     registry = prometheus_client.REGISTRY if registry is None else registry
     rt = Runtime(settings, registry, redaction=redaction)
     rt.metric_set.set_cardinality_limit(settings.cardinality_limit)
+    rt.slos = _resolve_slos(settings, slos)
+    if rt.metrics_enabled:
+        _add_slo_buckets(rt.metric_set, rt.slos)
     if rt.enabled and settings.tracing_enabled:
         setup = build_tracing(
             settings, on_drop=rt.report_dropped,
@@ -248,6 +254,29 @@ def build_runtime(
     return rt
 
 
+def _resolve_slos(settings: Settings, slos: Sequence[Any]) -> tuple[Any, ...]:
+    """``slos=`` plus the SLOs of the ``slo_file`` setting, validated (names unique)."""
+    if not slos and settings.slo_file is None:
+        return ()
+    from .slo import check_unique, load_slos
+
+    if isinstance(slos, (str, bytes)):
+        raise ConfigurationError("slos", slos, "a sequence of bakhmach_obs.slo.SLO (use slo_file= for a path)")
+    from_file = load_slos(settings.slo_file) if settings.slo_file is not None else []
+    return tuple(check_unique([*slos, *from_file]))
+
+
+def _add_slo_buckets(ms: MetricSet, slos: Sequence[Any]) -> None:
+    """Give each latency SLO's threshold a bucket boundary in the histogram it is measured on."""
+    specs = {"http": conventions.HTTP_SERVER_DURATION, "function": conventions.FUNCTION_CALLS_DURATION}
+    wanted: dict[str, set[float]] = {}
+    for slo in slos:
+        if slo.sli == "latency" and slo.threshold is not None:
+            wanted.setdefault(slo.source, set()).add(slo.threshold)
+    for source, bounds in wanted.items():
+        ms.add_buckets(specs[source], bounds)
+
+
 def swap(rt: Runtime | None) -> Runtime | None:
     """Install ``rt`` as the current runtime and return the previous one (``None``: default)."""
     with _lock:
@@ -261,9 +290,14 @@ def configure(
     span_processors: Sequence[SpanProcessor] = (),
     log_stream: Any = None,
     redaction: Any = None,
+    slos: Sequence[Any] = (),
     **kwargs: Any,
 ) -> Settings:
-    """Set up metrics, traces and logs in one call. See ``bakhmach_obs.configure``."""
+    """Set up metrics, traces and logs in one call. See ``bakhmach_obs.configure``.
+
+    ``slos=`` (:class:`bakhmach_obs.slo.SLO` objects) and the ``slo_file`` setting declare the
+    service's SLOs: latency thresholds become histogram bucket boundaries.
+    """
     from .logs import install_logging
     from .redaction import RedactionPolicy
 
@@ -272,7 +306,7 @@ def configure(
         raise ConfigurationError("redaction", redaction, "a bakhmach_obs.redaction.RedactionPolicy")
     global _global_provider_set, _atexit_registered
     with _lock:
-        rt = build_runtime(settings, registry, span_processors, redaction)
+        rt = build_runtime(settings, registry, span_processors, redaction, slos)
         if rt.provider is not None and not _global_provider_set:
             if not hasattr(trace.get_tracer_provider(), "add_span_processor"):
                 trace.set_tracer_provider(rt.provider)
@@ -333,5 +367,6 @@ def shutdown(timeout: float | None = None) -> bool:
         if rt is None or (rt.provider is None and not rt.log_handlers):
             return True
         stopped = Runtime(rt.settings, rt.registry, redaction=rt.redaction)
+        stopped.slos = rt.slos
         CURRENT[0] = stopped
     return _shutdown_provider(rt, rt.settings.shutdown_timeout if timeout is None else timeout)

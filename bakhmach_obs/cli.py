@@ -60,37 +60,148 @@ def _ratio(text: str) -> float:
 
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", type=_positive_int, default=200, help="checkout requests to send (default 200)")
+    parser.add_argument("--requests", type=_positive_int, default=200, help="requests to send (default 200)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic traffic (default 7)")
     parser.add_argument("--concurrency", type=_positive_int, default=16, help="requests in flight at most (default 16)")
     parser.add_argument(
         "--sample-ratio", type=_ratio, default=1.0, help="trace sampling ratio for the demo (default 1.0)"
     )
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary instead")
+    backends = parser.add_argument_group("backends (embedded defaults when not given)")
+    backends.add_argument("--database-url", metavar="URL", help="postgresql://... (default: SQLite in memory)")
+    backends.add_argument("--redis-url", metavar="URL", help="redis://... for the product cache (default: in process)")
+    backends.add_argument("--amqp-url", metavar="URL", help="amqp://... for the orders queue (default: in process)")
+    serving = parser.add_argument_group("serving")
+    serving.add_argument(
+        "--serve", action="store_true", help="serve the app with uvicorn and keep traffic going until Ctrl-C"
+    )
+    serving.add_argument("--host", default="127.0.0.1", help="address to listen on with --serve (default 127.0.0.1)")
+    serving.add_argument("--port", type=int, default=8080, help="port with --serve (default 8080; 0: any free port)")
+    serving.add_argument(
+        "--rate", type=float, default=5.0, help="background requests per second with --serve (default 5; 0: none)"
+    )
+    serving.add_argument(
+        "--with-prometheus", action="store_true",
+        help="also start a local Prometheus (the `prometheus` binary) with the generated rules; implies --serve",
+    )  # fmt: skip
+
+
+#: The demo's optional dependencies, by import name: the extra that installs each.
+_DEMO_EXTRAS = {
+    "fastapi": "demo", "starlette": "demo", "pydantic": "demo", "httpx": "demo", "uvicorn": "demo",
+    "psycopg": "postgresql", "redis": "redis", "aio_pika": "rabbitmq", "aiormq": "rabbitmq",
+}  # fmt: skip
 
 
 def _demo_run(args: argparse.Namespace) -> int:
-    from .demo import render_text, run_demo
+    from .errors import ConfigurationError
 
-    summary = run_demo(
-        requests=args.requests, seed=args.seed, concurrency=args.concurrency, sample_ratio=args.sample_ratio
-    )
-    print(json.dumps(summary, indent=2) if args.json else render_text(summary))
+    try:
+        from . import demo
+
+        if args.serve or args.with_prometheus:
+            return demo.serve(
+                host=args.host, port=args.port, rate=args.rate, seed=args.seed, database_url=args.database_url,
+                redis_url=args.redis_url, amqp_url=args.amqp_url, with_prometheus=args.with_prometheus,
+            )  # fmt: skip
+        summary = demo.run_demo(
+            requests=args.requests, seed=args.seed, concurrency=args.concurrency, sample_ratio=args.sample_ratio,
+            database_url=args.database_url, redis_url=args.redis_url, amqp_url=args.amqp_url,
+            progress=demo.tty_progress(sys.stderr),
+        )  # fmt: skip
+    except ModuleNotFoundError as exc:
+        extra = _DEMO_EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"bakhmach-obs demo: {exc.name} is not installed; install the extra: "
+            f"python3 -m pip install 'bakhmach-obs[{extra}]'",
+            file=sys.stderr,
+        )
+        return 1
+    except ConfigurationError as exc:
+        print(f"bakhmach-obs demo: {exc}", file=sys.stderr)
+        return 2
+    except ConnectionError as exc:  # a backend given by URL could not be reached
+        print(f"bakhmach-obs demo: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2) if args.json else demo.render_text(summary))
     return 0
+
+
+# --- dashboards --------------------------------------------------------------------------------------
+
+
+def _dashboards_arguments(parser: argparse.ArgumentParser) -> None:
+    from .dashboards import add_cli_arguments
+
+    add_cli_arguments(parser)
+
+
+def _dashboards_run(args: argparse.Namespace) -> int:
+    from .dashboards import run_cli
+
+    return run_cli(args)
 
 
 #: The subcommands, in help order.
 COMMANDS: tuple[Command, ...] = (
     Command(
-        name="demo",
-        help="run an instrumented example service under synthetic traffic and show its signals",
+        name="budget",
+        help="deployment gate: print each SLO's error budget from Prometheus, fail when one is spent",
         description=(
-            "Run a small instrumented checkout service on embedded defaults (in-process metrics "
-            "registry, in-memory spans, captured JSON logs) and print RED metrics per function, "
-            "a sample trace and sample log lines. Global configuration is left untouched."
+            "Query a live Prometheus for each SLO's error ratio, budget left and burn rates; exit 1 when a "
+            "budget is exhausted or below --min-remaining, 3 when Prometheus cannot be queried (docs/slo.md)."
+        ),
+        add_arguments=lambda parser: __import__("bakhmach_obs.budget").budget.add_cli_arguments(parser),
+        run=lambda args: int(__import__("bakhmach_obs.budget").budget.run_cli(args)),
+    ),
+    Command(
+        name="dashboards",
+        help="write the Grafana dashboards generated from the naming convention",
+        description=(
+            "Write five Grafana dashboards (System Overview, Application Performance, Business "
+            "Metrics, Infrastructure, SLOs) as JSON files into DIR, every query built from the "
+            "naming convention."
+        ),
+        add_arguments=_dashboards_arguments,
+        run=_dashboards_run,
+    ),
+    Command(
+        name="demo",
+        help="run an instrumented FastAPI service under synthetic traffic and show its signals",
+        description=(
+            "Run the instrumented checkout service (FastAPI; SQLite, an in-process cache and queue, or "
+            "PostgreSQL, Redis and RabbitMQ given by URL) under seeded traffic with errors and slow "
+            "requests, then print RED metrics per route, the cache hit ratio, SLO budget consumed, "
+            "health probes, a sample trace and log lines. --serve keeps it running for a Prometheus "
+            "to scrape; --with-prometheus starts one with the generated rules."
         ),
         add_arguments=_demo_arguments,
         run=_demo_run,
+    ),
+    Command(
+        name="rules",
+        help="write the Prometheus rule file: SLO recording rules, burn-rate alerts, the alert catalogue",
+        description=(
+            "Generate Prometheus recording and alerting rules from the naming convention and SLO files: "
+            "SLI error ratios per window, multi-window multi-burn-rate alerts with a low-traffic guard, "
+            "and the seed's alert catalogue, as a rule file, a PrometheusRule or a sloth spec (docs/alerts.md)."
+        ),
+        add_arguments=lambda parser: __import__("bakhmach_obs.rules").rules.add_cli_arguments(parser),
+        run=lambda args: int(__import__("bakhmach_obs.rules").rules.run_cli(args)),
+    ),
+    Command(
+        name="stack",
+        help="write a deployable monitoring stack (Prometheus, Alertmanager, Grafana, Jaeger, ELK) for the service",
+        description=(
+            "Write docker-compose.yml with pinned images, prometheus.yml with the generated rules, "
+            "alertmanager.yml, Grafana provisioning and dashboards, and the Logstash pipeline into "
+            "a directory. A .env with a random Grafana admin password is created once and kept on "
+            "later runs (unless --force)."
+        ),
+        add_arguments=lambda parser: __import__("bakhmach_obs.stack").stack.add_cli_arguments(parser),
+        run=lambda args: int(__import__("bakhmach_obs.stack").stack.run_cli(args)),
     ),
 )
 

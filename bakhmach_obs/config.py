@@ -72,6 +72,7 @@ class Settings:
     logstash_queue_size: int = 10000
     logstash_overflow: str = "drop_oldest"
     redact_keys: tuple[str, ...] = ()
+    slo_file: str | None = None
 
 
 Parser = Callable[[Any, "SettingSpec"], Any]
@@ -283,6 +284,10 @@ SETTINGS: tuple[SettingSpec, ...] = (
                 "Extra keys whose values are replaced by `[REDACTED]` in logs and span attributes, on top of "
                 "the built-in denylist. Pass `redaction=RedactionPolicy(...)` to `configure()` to replace the "
                 "policy itself.", _names),
+    SettingSpec("slo_file", ("BAKHMACH_OBS_SLO_FILE",), "unset", "the path of an SLO file (docs/slo.md)",
+                "SLOs of this service. A latency SLO's threshold becomes a bucket boundary of the duration "
+                "histogram it is measured on, so the generated rules have an exact `le`. Read and validated "
+                "at `configure()` (`slos=[SLO(...)]` does the same from code).", _nonempty_str),
 )  # fmt: skip
 
 _SPECS = {s.name: s for s in SETTINGS}

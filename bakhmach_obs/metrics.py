@@ -163,7 +163,7 @@ class MetricSet:
         cls = _CLASSES[spec.kind]
         kwargs: dict[str, Any] = {"labelnames": spec.labels, "registry": self.registry}
         if spec.kind == "histogram":
-            kwargs["buckets"] = spec.buckets or conventions.DURATION_BUCKETS
+            kwargs["buckets"] = self.buckets(spec)
         if spec.kind == "gauge":
             kwargs["multiprocess_mode"] = spec.multiprocess_mode
         fam = cls(spec.family, spec.help, **kwargs)
@@ -172,6 +172,42 @@ class MetricSet:
             if spec is not conventions.METRIC_OVERFLOW:
                 fam._bo_on_overflow = self._overflow_counter(spec.name)
         return fam
+
+    def buckets(self, spec: MetricSpec) -> tuple[float, ...]:
+        """The bucket bounds ``spec``'s histogram has in this registry: its preset plus added ones."""
+        preset = spec.buckets or conventions.DURATION_BUCKETS
+        extra = self._extra_buckets.get(spec.name)
+        return tuple(sorted(set(preset) | set(extra))) if extra else tuple(preset)
+
+    def add_buckets(self, spec: MetricSpec, bounds: Iterable[float]) -> bool:
+        """Make ``bounds`` bucket boundaries of ``spec``'s histogram in this registry (for latency SLOs).
+
+        Bounds are only ever added. When the family already exists without one of them it is
+        replaced by a family with the merged buckets (its series restart from zero, which
+        Prometheus treats as a counter reset); call sites bound to the previous ``configure()``
+        re-bind to the new family. Returns True when the family was replaced.
+
+        Example:
+            >>> from prometheus_client import CollectorRegistry
+            >>> ms = metric_set(CollectorRegistry())
+            >>> ms.add_buckets(conventions.HTTP_SERVER_DURATION, [0.3])
+            False
+            >>> 0.3 in ms.buckets(conventions.HTTP_SERVER_DURATION)
+            True
+        """
+        if spec.kind != "histogram":
+            raise ValueError(f"{spec.name} is a {spec.kind}, not a histogram")
+        new = {float(b) for b in bounds}
+        if any(not 0 < b < float("inf") for b in new):
+            raise ValueError(f"bucket bounds are positive finite numbers, got {sorted(new)}")
+        with self._lock:
+            self._extra_buckets[spec.name] = tuple(sorted(set(self._extra_buckets.get(spec.name, ())) | new))
+            fam = self._families.get(spec.name)
+            if fam is None or new <= set(fam._upper_bounds):
+                return False
+            self.registry.unregister(fam)
+            self._families[spec.name] = self._create(spec)
+            return True
 
     def _overflow_counter(self, name: str) -> Callable[[], None]:
         def on_overflow() -> None:
