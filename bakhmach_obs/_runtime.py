@@ -251,6 +251,13 @@ def build_runtime(
         set_build_info(
             rt.metric_set, settings.service_name, settings.service_version, settings.environment, __version__
         )
+        if settings.runtime_metrics:
+            from .runtime_metrics import register as register_runtime_metrics
+
+            try:  # idempotent per registry: configure() again reuses the collector
+                register_runtime_metrics(registry)
+            except Exception as exc:  # noqa: BLE001 - runtime metrics are a bonus, never a start-up failure
+                rt.report_error("runtime", exc)
     return rt
 
 

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from re import Pattern
 from typing import Any
 
+from . import _runtime
 from ._http import Exchange, ServerCore
 
 __all__ = ["ObservabilityMiddleware"]
@@ -138,6 +139,19 @@ class ObservabilityMiddleware:
         )
         self.route_resolver = route_resolver
         self._echo = correlation_header.lower().encode("latin-1") if correlation_header else None
+        self._loop_watched: object = None  # the runtime whose event-loop probe this middleware started
+
+    def _watch_loop(self) -> None:
+        """Start the runtime metrics' event-loop probe (lag, tasks) on the serving loop, once per runtime."""
+        rt = _runtime.current()
+        self._loop_watched = rt
+        if rt.metrics_enabled and rt.settings.runtime_metrics:
+            try:
+                from .runtime_metrics import watch_loop
+
+                watch_loop(registry=rt.registry)
+            except Exception as exc:  # noqa: BLE001 - a probe that cannot start costs the metric only
+                rt.report_error("runtime", exc)
 
     def _route(self, scope: Scope, entry_root: str, top: Any) -> str | None:
         explicit = scope.get("bakhmach_obs.route")
@@ -165,6 +179,8 @@ class ObservabilityMiddleware:
         return route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._loop_watched is not _runtime.CURRENT[0]:
+            self._watch_loop()
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -66,6 +66,7 @@ class Settings:
     schedule_delay: float = 5.0
     cardinality_limit: int = DEFAULT_CARDINALITY_LIMIT
     exemplars: bool = True
+    runtime_metrics: bool = True
     log_level: str = "INFO"
     log_format: str = "json"
     logstash_address: tuple[str, int] | None = None
@@ -264,6 +265,9 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec("exemplars", ("BAKHMACH_OBS_EXEMPLARS",), "`true`", "true/false, 1/0, yes/no, on/off",
                 "Attach `trace_id`/`span_id` exemplars to duration histograms for sampled spans "
                 "(served in OpenMetrics; off in multiprocess mode).", _bool),
+    SettingSpec("runtime_metrics", ("BAKHMACH_OBS_RUNTIME_METRICS",), "`true`", "true/false, 1/0, yes/no, on/off",
+                "Collect process runtime metrics at scrape time: disk and network I/O, connections, threads, "
+                "GC pauses (and event-loop lag once `bakhmach_obs.runtime_metrics.watch_loop()` runs).", _bool),
     SettingSpec("log_level", ("BAKHMACH_OBS_LOG_LEVEL",), "`INFO`", ", ".join(LOG_LEVELS) + " (WARN = WARNING)",
                 "Root logger level when the SDK installs its handler.", _choice(LOG_LEVELS, upper=True)),
     SettingSpec("log_format", ("BAKHMACH_OBS_LOG_FORMAT",), "`json`", ", ".join(LOG_FORMATS),

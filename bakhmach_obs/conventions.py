@@ -646,7 +646,7 @@ PROCESS_OPEN_CONNECTIONS = MetricSpec(
     multiprocess_mode="livesum",
 )
 PROCESS_THREAD_COUNT = MetricSpec(
-    name="process_thread_count",
+    name="process_threads",  # not ``process_thread_count``: promtool lints a ``_count`` suffix on a gauge
     kind="gauge",
     unit="",
     help="Threads of the process.",

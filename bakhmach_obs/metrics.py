@@ -494,7 +494,14 @@ def multiprocess_registry() -> CollectorRegistry:
     """A fresh registry aggregating every worker's values from ``PROMETHEUS_MULTIPROC_DIR``."""
     from prometheus_client import multiprocess
 
+    from . import _runtime
+
     registry = CollectorRegistry()
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path and _runtime.current().settings.runtime_metrics:
+        from .runtime_metrics import MultiprocessCollector as RuntimeCollector
+
+        # First: it writes each live worker's disk I/O into files the collector below then sums.
+        registry.register(RuntimeCollector(path))
     multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return registry

@@ -95,12 +95,14 @@ def capture(**settings: Any) -> Iterator[Capture]:
     """Record into a fresh registry and an in-memory span exporter for the block.
 
     Keyword arguments are ``configure()`` settings; defaults here are ``service_name="test"``,
-    always-on sampling, the ``memory`` exporter and no log handler (records are captured).
+    always-on sampling, the ``memory`` exporter, no log handler (records are captured) and no
+    process runtime metrics (``runtime_metrics=True`` adds them).
     """
     settings.setdefault("service_name", "test")
     settings.setdefault("traces_sampler", "always_on")
     settings.setdefault("traces_exporter", "memory")
     settings.setdefault("log_format", "none")
+    settings.setdefault("runtime_metrics", False)  # process-wide readings; ask for them explicitly
     registry = settings.pop("registry", None) or CollectorRegistry()
     runtime = build_runtime(load_settings(settings), registry)
     handler = _ListHandler()

@@ -318,7 +318,10 @@ def assert_aggregated(families: dict[str, Any], metrics_dir: Path) -> None:
             assert "pid" not in s.labels, s
     build = _samples(families, "bakhmach_obs_build_info")
     assert [s.value for s in build] == [1.0], build
-    pids = {int(p.stem.rsplit("_", 1)[1]) for p in metrics_dir.glob("histogram_*.db")}
+    # histogram_<pid>.db holds request histograms; the runtime metrics' own files carry a suffix
+    # (histogram_<pid>-gc.db, counter_<pid>-<start>-io.db) and say nothing about traffic.
+    stems = [p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("histogram_*.db")]
+    pids = {int(stem) for stem in stems if stem.isdigit()}
     assert len(pids) >= 2, f"only {sorted(pids)} recorded requests: the traffic did not reach both workers"
 
 
