@@ -51,6 +51,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_http.py", *session.posargs)
     session.run("python", "benchmarks/bench_dbapi.py", *session.posargs)
     session.run("python", "benchmarks/bench_redis.py", *session.posargs)
+    session.run("python", "benchmarks/bench_business.py", *session.posargs)
 
 
 @nox.session
