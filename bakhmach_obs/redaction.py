@@ -522,29 +522,8 @@ class RedactionPolicy:
         """
         try:
             if type(mapping) is dict and self._flat_ok:
-                pending: list[str] = []
-                add = pending.append
-                clean = self._clean
-                for value in mapping.values():
-                    cls = type(value)
-                    if cls is str:
-                        if value not in clean:
-                            add(value)
-                    elif cls not in _SCALARS:
-                        break
-                else:
-                    if pending and self._patterns:
-                        if self._may_match("\x00".join(pending)):
-                            return self._walk_dict(mapping)
-                        self._remember(pending)
-                    safe = self._safe_keys
-                    if mapping.keys() <= safe:
-                        return mapping.copy()
-                    result = mapping.copy()
-                    denied, replacement = self.is_denied, self._replacement
-                    for key in mapping.keys() - safe:  # new or denied keys only
-                        if denied(key):
-                            result[key] = replacement
+                result = self._flat(mapping, [])
+                if result is not None:
                     return result
             return self._walk_dict(mapping)
         except Exception:  # noqa: BLE001 - an unreadable mapping: nothing of it is shown
@@ -563,33 +542,40 @@ class RedactionPolicy:
         """
         try:
             if type(message) is str and type(fields) is dict and self._flat_ok and self._patterns:
-                clean = self._clean
-                pending: list[str] = [] if message in clean else [message]
-                add = pending.append
-                for value in fields.values():
-                    cls = type(value)
-                    if cls is str:
-                        if value not in clean:
-                            add(value)
-                    elif cls not in _SCALARS:
-                        break
-                else:
-                    if pending:
-                        if self._may_match("\x00".join(pending)):
-                            return self.redact_text(message), self._walk_dict(fields)
-                        self._remember(pending)
-                    safe = self._safe_keys
-                    if fields.keys() <= safe:
-                        return message, fields.copy()
-                    result = fields.copy()
-                    denied, replacement = self.is_denied, self._replacement
-                    for key in fields.keys() - safe:  # new or denied keys only
-                        if denied(key):
-                            result[key] = replacement
+                result = self._flat(fields, [] if message in self._clean else [message])
+                if result is not None:
                     return message, result
         except Exception:  # noqa: BLE001 - fall back to the two separate, individually safe calls
             pass
         return self.redact_text(message), self.redact_mapping(fields)
+
+    def _flat(self, mapping: dict[str, Any], pending: list[str]) -> dict[str, Any] | None:
+        """The fast path of a flat dict whose strings (and ``pending``) need no pattern redaction.
+
+        ``None`` when it does not apply: a value is not a scalar, or a pattern may match.
+        """
+        add = pending.append
+        clean = self._clean
+        for value in mapping.values():
+            cls = type(value)
+            if cls is str:
+                if value not in clean:
+                    add(value)
+            elif cls not in _SCALARS:
+                return None
+        if pending and self._patterns:
+            if self._may_match("\x00".join(pending)):
+                return None
+            self._remember(pending)
+        safe = self._safe_keys
+        if mapping.keys() <= safe:
+            return mapping.copy()
+        result = mapping.copy()
+        denied, replacement = self.is_denied, self._replacement
+        for key in mapping.keys() - safe:  # new or denied keys only
+            if denied(key):
+                result[key] = replacement
+        return result
 
     def _walk_dict(self, mapping: Mapping[str, Any]) -> dict[str, Any]:
         result = self._walk_mapping(mapping, 0, None)
