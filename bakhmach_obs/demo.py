@@ -43,6 +43,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -674,12 +675,12 @@ def run_demo(
     # health): keep them in the buffer, away from the application's handlers.
     logger = logging.getLogger("bakhmach_obs")
     saved = (logger.level, logger.propagate)
-    logger.addHandler(buffer)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    previous = swap(runtime)
     traffic = make_traffic(requests, seed)
-    try:
+    previous = swap(runtime)
+    try:  # from here on, every change to global state is undone on every path
+        logger.addHandler(buffer)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
         services = Services(database_url, redis_url, amqp_url, seed=seed)  # binds to the demo's runtime
         outcome = _run_loop(_in_process(services, registry, traffic, concurrency, progress))
     finally:
@@ -896,28 +897,40 @@ class _Prometheus:
         import yaml
 
         self.dir = Path(tempfile.mkdtemp(prefix="bakhmach-obs-demo-prometheus-"))
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        rules = self.dir / "rules.yml"
-        rules.write_text(yaml.safe_dump(prometheus_rules(), sort_keys=False))
-        config = self.dir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(prometheus_config(target, rules), sort_keys=False))
-        self.log = (self.dir / "prometheus.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                binary, f"--config.file={config}", f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        self.log: Any = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            self.port = _free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            rules = self.dir / "rules.yml"
+            rules.write_text(yaml.safe_dump(prometheus_rules(), sort_keys=False))
+            config = self.dir / "prometheus.yml"
+            config.write_text(yaml.safe_dump(prometheus_config(target, rules), sort_keys=False))
+            self.log = (self.dir / "prometheus.log").open("wb")
+            self.proc = subprocess.Popen(
+                [
+                    binary, f"--config.file={config}", f"--storage.tsdb.path={self.dir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=self.log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        except BaseException:  # nothing left behind: no log handle, no directory
+            self.close()
+            raise
 
-    def wait_ready(self, timeout: float = 20.0) -> str | None:
-        """Block until Prometheus answers ``/-/ready``; None when ready, else why not (with its log's end)."""
+    def wait_ready(self, timeout: float = 20.0, stop: threading.Event | None = None) -> str | None:
+        """Block until Prometheus answers ``/-/ready``; None when ready, else why not (with its log's end).
+
+        Gives up at once when ``stop`` is set (the demo was asked to stop meanwhile).
+        """
         import urllib.error
         import urllib.request
 
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                return "stopped before prometheus was ready"
             if self.proc.poll() is not None:
                 self.log.flush()
                 tail = (self.dir / "prometheus.log").read_text(errors="replace")[-2000:]
@@ -932,15 +945,19 @@ class _Prometheus:
         return f"prometheus did not become ready within {timeout:g} s"
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        """Stop Prometheus (SIGTERM, then SIGKILL after 10 s) and remove the directory, whatever fails."""
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+        finally:
+            if self.log is not None:
+                self.log.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 async def _background_traffic(base_url: str, rate: float, seed: int, stop: asyncio.Event) -> None:
@@ -1030,17 +1047,18 @@ async def _serve(
             yield
 
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    await services.start()
+    stop = threading.Event()  # set by SIGINT/SIGTERM; also read by the thread waiting for Prometheus
     prometheus: _Prometheus | None = None
     host, bound = sock.getsockname()[:2]
     if host in ("0.0.0.0", "::"):  # listening everywhere: the traffic and Prometheus use loopback
         host = "127.0.0.1"
     config = uvicorn.Config(create_app(services), access_log=False, log_level="warning", lifespan="off")
     server = _Server(config)
+    stopping = asyncio.Event()
 
     def shut_down() -> None:
         stop.set()
+        stopping.set()
         server.should_exit = True
 
     handled = []
@@ -1048,9 +1066,11 @@ async def _serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, shut_down)
             handled.append(sig)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    serving: asyncio.Task[None] | None = None
     traffic: asyncio.Task[None] | None = None
     try:
+        await services.start()
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             if serving.done():
                 await serving
@@ -1065,16 +1085,17 @@ async def _serve(
         backends = services.describe()
         print(f"  database {backends['database']}; cache {backends['cache']}; queue {backends['queue']}", file=out)
         if rate > 0:
-            traffic = asyncio.create_task(_background_traffic(base, rate, seed, stop))
+            traffic = asyncio.create_task(_background_traffic(base, rate, seed, stopping))
             print(f"  background traffic: about {rate:g} requests/s", file=out)
-        if binary is not None:
+        if binary is not None and not stop.is_set():
             prometheus = _Prometheus(binary, f"{host}:{bound}")
-            problem = await asyncio.to_thread(prometheus.wait_ready)
-            if problem is not None:
+            problem = await asyncio.to_thread(prometheus.wait_ready, 20.0, stop)
+            if problem is not None and not stop.is_set():
                 print(f"bakhmach-obs demo: {problem}", file=sys.stderr)
                 return 1
-            print(f"  prometheus {prometheus.url}  (config and rules in {prometheus.dir})", file=out)
-            print(f"    try: {prometheus.url}/alerts  {prometheus.url}/rules  {prometheus.url}/targets", file=out)
+            if problem is None:
+                print(f"  prometheus {prometheus.url}  (config and rules in {prometheus.dir})", file=out)
+                print(f"    try: {prometheus.url}/alerts  {prometheus.url}/rules  {prometheus.url}/targets", file=out)
         print("Press Ctrl-C to stop.", file=out)
         out.flush()
         await serving
@@ -1082,14 +1103,19 @@ async def _serve(
         shut_down()
         for sig in handled:
             loop.remove_signal_handler(sig)
-        if traffic is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(traffic, 10.0)
-        if not serving.done():
-            await asyncio.wait_for(serving, 10.0)
-        if prometheus is not None:
-            prometheus.close()
-        await services.stop()
-        bakhmach_obs.shutdown()
+        try:  # every step runs whatever the previous one did: no Prometheus or connection outlives the demo
+            if prometheus is not None:
+                prometheus.close()
+        finally:
+            try:
+                if traffic is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(traffic, 10.0)
+                if serving is not None and not serving.done():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(serving, 10.0)
+            finally:
+                await services.stop()
+                bakhmach_obs.shutdown()
     print("bakhmach-obs demo: stopped", file=out)
     return 0

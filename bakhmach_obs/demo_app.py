@@ -400,7 +400,14 @@ class _RedisCache(_Cache):
     def health_check(self) -> Callable[[], Any]:
         from .health import redis_check
 
-        return redis_check(self._client)
+        async def cache() -> bool:  # the client of the moment: a restart replaces it
+            client = self._client
+            if client is None:
+                return False
+            ping: Any = redis_check(client, asynchronous=True)
+            return bool(await ping())
+
+        return cache
 
 
 # --- the queue ------------------------------------------------------------------------------------
@@ -544,9 +551,11 @@ class _RabbitQueue(_Queue):
         self.published += 1
 
     def health_check(self) -> Callable[[], Any]:
-        from .health import rabbitmq_check
+        async def queue() -> bool:  # on the connection's loop; the connection of the moment (a restart replaces it)
+            connection = self._connection
+            return connection is not None and not bool(getattr(connection, "is_closed", True))
 
-        return rabbitmq_check(connection=self._connection)
+        return queue
 
 
 # --- the services ---------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -276,6 +278,65 @@ def test_run_demo_leaves_global_state_alone():
     assert dict(bakhmach_obs.bound_fields()) == {}
 
 
+def test_run_demo_restores_global_state_when_it_raises():
+    before = _runtime.CURRENT[0]
+    logger = logging.getLogger("bakhmach_obs")
+    state = (logger.level, logger.propagate, list(logger.handlers))
+    port = free_port()  # nothing listens there
+    with pytest.raises(ConnectionError, match="cannot start the database"):
+        run_demo(requests=5, database_url=f"postgresql://postgres@127.0.0.1:{port}/test")
+    assert _runtime.CURRENT[0] is before
+    assert (logger.level, logger.propagate, list(logger.handlers)) == state
+
+
+def test_a_failing_prometheus_exits_1_and_leaves_no_temporary_directory(tmp_path):
+    script = (
+        "import sys; from bakhmach_obs.demo import serve; "
+        "sys.exit(serve(port=0, rate=0, with_prometheus=True, prometheus_binary='false'))"
+    )
+    env = {**_clean_env(), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "prometheus exited with code 1" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # its configuration, rules and log removed
+
+
+def test_sigterm_while_waiting_for_prometheus_stops_at_once(tmp_path):
+    fake = tmp_path / "bin" / "prometheus"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")  # runs, never becomes ready
+    fake.chmod(0o755)
+    script = (
+        "import sys; from bakhmach_obs.demo import serve; "
+        f"sys.exit(serve(port=0, rate=0, with_prometheus=True, prometheus_binary={str(fake)!r}))"
+    )
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**_clean_env(), "TMPDIR": str(temp)}, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not any(temp.iterdir()) and time.monotonic() < deadline:  # Prometheus's directory: it was started
+            time.sleep(0.05)
+        assert any(temp.iterdir())
+        time.sleep(0.3)
+        stopped = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+        assert time.monotonic() - stopped < 12  # not the 20 s readiness wait
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    assert proc.returncode == 0, err
+    assert "bakhmach-obs demo: stopped" in out
+    assert list(temp.iterdir()) == []  # the fake Prometheus stopped, its directory removed
+
+
 def test_demo_inside_a_capture_records_nothing_there(obs_capture):
     run_demo(requests=10)
     assert obs_capture.sample("http_server_request_duration_seconds_count", http_route="/orders") is None
@@ -401,6 +462,26 @@ def test_rabbitmq_backend():
     assert [n["name"] for n in process["children"]] == ["UPDATE orders"]
 
 
+async def test_restarted_services_keep_their_health_checks_current():
+    need(_listening(6379) and _listening(5672), "Redis and RabbitMQ must listen on 127.0.0.1:6379 and :5672")
+    from bakhmach_obs.demo_app import Services
+    from bakhmach_obs.testing import capture
+
+    with capture():
+        services = Services(redis_url=REDIS_URL, amqp_url=AMQP_URL)
+        for _ in range(2):  # the second start opens new connections: the checks must look at those
+            await services.start()
+            try:
+                await asyncio.sleep(services.health.cache_interval + 0.05)  # never a cached answer from the last start
+                report = await services.health.ready()
+            finally:
+                await services.stop()
+            assert report.body() == {
+                "status": "ready", "services": {"database": "connected", "cache": "connected", "queue": "connected"},
+            }  # fmt: skip
+        assert services.health.names() == ("database", "cache", "queue")
+
+
 # --- --serve and a real Prometheus -------------------------------------------------------------------
 
 
@@ -410,7 +491,7 @@ class _Demo:
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bakhmach_obs.cli", "demo", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(), start_new_session=True,
         )  # fmt: skip
         self.lines: list[str] = []
         self.err = ""
@@ -442,8 +523,9 @@ class _Demo:
         try:
             return self.proc.wait(20)
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+            if self.proc.poll() is None:  # stuck: kill its whole session, Prometheus child included
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
             self._reader.join(5)
             assert self.proc.stdout is not None and self.proc.stderr is not None
@@ -515,6 +597,7 @@ def test_serve_scraped_by_prometheus_with_the_generated_rules(tmp_path):
 def test_with_prometheus_starts_one_loaded_with_the_rules():
     need(_which("prometheus"), "`prometheus` is not installed (apt-get install prometheus)")
     demo = _Demo("--with-prometheus", "--port", "0", "--rate", "20")
+    workdir = None
     try:
         url = demo.wait_for("  prometheus http://").split()[1]
         workdir = Path(demo.wait_for("config and rules in").rsplit(" ", 1)[1].rstrip(")\n"))
@@ -533,7 +616,7 @@ def test_with_prometheus_starts_one_loaded_with_the_rules():
     finally:
         code = demo.stop(signal.SIGINT)  # Ctrl-C
     assert code == 0, demo.stderr()
-    assert not workdir.exists()  # Prometheus stopped and its temporary directory removed
+    assert workdir is not None and not workdir.exists()  # Prometheus stopped and its temporary directory removed
 
 
 def _which(name: str) -> bool:

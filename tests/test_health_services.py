@@ -276,10 +276,10 @@ async def test_a_hanging_dependency_is_a_timeout_within_the_check_timeout(servic
         assert response.json() == {
             "status": "not_ready", "services": {"database": "connected", "cache": "timeout", "queue": "connected"},
         }  # fmt: skip
-        assert 0.28 <= elapsed < 0.3 + 0.25
+        assert 0.28 <= elapsed < health.deadline  # cut at its 0.3 s timeout, before the 0.8 s deadline
         for _ in range(3):  # the hung PING keeps its one slot; liveness is unaffected
             live, live_elapsed = await probe(app, "/health/live")
-            assert live.status_code == 200 and live_elapsed < 0.1
+            assert live.status_code == 200 and live_elapsed < 0.25  # never waits for the hung check
             again, _ = await probe(app)
             assert again.json()["services"]["cache"] == "timeout"
             await asyncio.sleep(0.1)
@@ -342,3 +342,45 @@ def test_load_1000_concurrent_requests_run_each_real_check_once_per_interval(ser
         server.should_exit = True
         thread.join(10)
         client.close()
+
+
+async def test_rabbitmq_and_async_sql_checks_unreachable_then_back(services):
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    with proxies(PG, AMQP) as (pg, mq):
+        import psycopg
+
+        async def connect():
+            return await psycopg.AsyncConnection.connect(
+                host="127.0.0.1", port=pg.port, user="postgres", dbname="test", connect_timeout=2
+            )
+
+        engine = create_async_engine(f"postgresql+psycopg://postgres@127.0.0.1:{pg.port}/test", pool_size=1)
+        url = f"amqp://guest:guest@127.0.0.1:{mq.port}/%2F"
+        health = HealthChecks(registry=CollectorRegistry(), cache_interval=0.0)
+        health.add("database", sql_check(connect))
+        health.add("engine", sql_check(engine))
+        health.add("queue", rabbitmq_check(url))
+        health.add("queue_aio", rabbitmq_check(url, asynchronous=True))
+        everything = {"database": "connected", "engine": "connected", "queue": "connected", "queue_aio": "connected"}
+        try:
+            report = await health.ready()
+            assert report.body() == {"status": "ready", "services": everything}
+            assert report.health_json()["checks"]["engine:responseTime"][0]["componentType"] == "datastore"
+            for proxy, names in ((pg, ("database", "engine")), (mq, ("queue", "queue_aio"))):
+                proxy.stop()
+                await engine.dispose()  # pooled connections went down with the proxy
+                started = time.monotonic()
+                report = await health.ready()
+                assert time.monotonic() - started < health.deadline + 0.2
+                assert report.status_code == 503
+                assert report.body()["services"] == {**everything, **{n: "disconnected" for n in names}}
+                proxy.start()
+                for _ in range(50):
+                    report = await health.ready()
+                    if report.ok:
+                        break
+                    await asyncio.sleep(0.05)
+                assert report.body() == {"status": "ready", "services": everything}
+        finally:
+            await engine.dispose()

@@ -340,7 +340,7 @@ class _Registered:
             name=self.name, critical=self.critical, status=status, state=state, result=result,
             duration=duration, observed_at=time.time(), component_type=self.component_type,
             measurement=(value.measurement if value is not None and value.measurement else "responseTime"),
-            observed_value=value.observed_value if value is not None else None,
+            observed_value=_json_value(value.observed_value) if value is not None else None,
             observed_unit=value.observed_unit if value is not None else None,
         )  # fmt: skip
 
@@ -364,6 +364,15 @@ class _Registered:
             self.name, type(value).__name__, extra={"health_check": self.name},
         )  # fmt: skip
         return self.outcome("fail", "error", "fail", duration)
+
+
+def _json_value(value: Any) -> float | int | str | None:
+    """``observedValue`` as JSON can carry it: NaN/infinity and other types become None (never a repr)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 # --- the registry -----------------------------------------------------------------------------------
@@ -749,7 +758,12 @@ class HealthChecks:
         if not check.asynchronous:
             self._start_thread(check, run)
             return
-        asyncio.run_coroutine_threadsafe(self._run_async(check, run), self._background_loop())
+        coro = self._run_async(check, run)
+        try:
+            asyncio.run_coroutine_threadsafe(coro, self._background_loop())
+        except BaseException:  # the loop closed meanwhile (close() raced): the caller records the failure
+            coro.close()
+            raise
 
     def _background_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -760,17 +774,31 @@ class HealthChecks:
             return loop
 
     def close(self) -> None:
-        """Stop the background event loop :meth:`ready_sync` starts for async checks (if any)."""
+        """Stop the background event loop :meth:`ready_sync` starts for async checks (if any).
+
+        A check still running there is cancelled first (its run ends as ``"timeout"`` and frees
+        its slot, so a later probe runs it again on a new loop); the wait is bounded (about 2 s).
+        """
         with self._lock:
             loop, self._background = self._background, None
         if loop is None or loop.is_closed():
             return
         done = threading.Event()
 
+        async def cancel_runs() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=1.0)
+
         def stop() -> None:
             loop.stop()
             done.set()
 
+        # a check ignoring its cancellation; a dead loop: stop anyway
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            asyncio.run_coroutine_threadsafe(cancel_runs(), loop).result(timeout=1.5)
         loop.call_soon_threadsafe(stop)
         if done.wait(2.0):
             for _ in range(200):  # run_forever returns right after stop(); then the loop can close

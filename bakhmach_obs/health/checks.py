@@ -137,7 +137,10 @@ def redis_check(client: Any, *, asynchronous: bool | None = None) -> Check:
     """
     if not callable(getattr(client, "ping", None)):
         raise ConfigurationError("redis_check client", client, "a redis-py client (redis.Redis or redis.asyncio.Redis)")
-    is_async = type(client).__module__.startswith("redis.asyncio") if asynchronous is None else asynchronous
+    if asynchronous is None:  # by class, subclasses included: an async client's ping() is a plain def
+        is_async = any(cls.__module__.startswith("redis.asyncio") for cls in type(client).__mro__)
+    else:
+        is_async = asynchronous
     connection_error, timeout_error = _redis_errors()
 
     if is_async:
@@ -154,11 +157,17 @@ def redis_check(client: Any, *, asynchronous: bool | None = None) -> Check:
 
     def ping() -> bool:
         try:
-            return bool(client.ping())
+            answer = client.ping()
         except timeout_error as exc:
             raise TimeoutError("redis did not answer") from exc
         except connection_error as exc:
             raise Unavailable("cannot reach redis") from exc
+        if inspect.isawaitable(answer):  # an async client not recognised: never count an unawaited PING as a pass
+            close = getattr(answer, "close", None)
+            if close is not None:
+                close()
+            raise TypeError("redis_check: the client's ping() is asynchronous; pass asynchronous=True")
+        return bool(answer)
 
     return _typed(ping, "datastore")
 
@@ -255,9 +264,10 @@ def http_check(
     except ImportError:  # pragma: no cover - httpx is a test dependency
         return _typed(_urllib_check(url, expect_status, headers or {}), "component")
 
-    async def get(c: Any) -> Any:
-        try:
-            return await c.get(url, headers=headers, follow_redirects=False)
+    async def get(c: Any) -> int:
+        try:  # streamed and closed unread: the status line is the answer, the body may be anything
+            async with c.stream("GET", url, headers=headers, follow_redirects=False) as response:
+                return int(response.status_code)
         except httpx.TimeoutException as exc:
             raise TimeoutError("the dependency did not answer") from exc
         except httpx.TransportError as exc:
@@ -265,11 +275,11 @@ def http_check(
 
     async def http_get() -> CheckResult:
         if client is not None:
-            response = await get(client)
+            status = await get(client)
         else:
             async with httpx.AsyncClient(timeout=None) as own:
-                response = await get(own)
-        ok = response.status_code in expect_status
+                status = await get(own)
+        ok = status in expect_status
         return CheckResult("pass" if ok else "fail", state=None if ok else "error")
 
     return _typed(http_get, "component")
