@@ -59,15 +59,8 @@ def metrics_asgi_app(registry: CollectorRegistry | None = None) -> Callable[...,
     """
 
     async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
         if scope["type"] != "http":
+            await _serve_lifespan(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         if scope.get("method", "GET") not in ("GET", "HEAD"):
@@ -85,6 +78,22 @@ def metrics_asgi_app(registry: CollectorRegistry | None = None) -> Callable[...,
         await _asgi_respond(send, 200, body, content_type, encoding, None)
 
     return app
+
+
+async def _serve_lifespan(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    """Answer an ASGI ``lifespan`` scope (start-up and shutdown complete at once); ignore other scopes.
+
+    For the SDK's small ASGI apps (``/metrics``, health) when they are served on their own.
+    """
+    if scope["type"] != "lifespan":
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 async def _asgi_respond(

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from ..exposition import _serve_lifespan
 from ._core import HealthReport, Probe, _iso
 
 if TYPE_CHECKING:
@@ -149,15 +150,8 @@ def asgi_app(health: HealthChecks, probes: Iterable[str] = PROBES) -> Callable[.
     served = _probes(probes)
 
     async def app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
         if scope["type"] != "http":
+            await _serve_lifespan(scope, receive, send)
             return
         path: str = scope.get("path", "")
         root: str = scope.get("root_path", "")
