@@ -93,6 +93,9 @@ CURRENCY_EXPONENTS: Mapping[str, int] = {
 ACTIVE_USER_WINDOW_SECONDS: Mapping[str, int] = {"1m": 60, "5m": 300, "1h": 3600, "1d": 86400}
 
 _OTHER = c.BUSINESS_OTHER
+#: The largest amount counted, in minor units: a float64 counter holds every integer up to it exactly.
+_MAX_MINOR_UNITS = 2**53
+_MAX_DIGITS = len(str(_MAX_MINOR_UNITS)) - 1  # adjusted() exponent of the largest amount
 _VALUE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,99}")
 _CURRENCY_RE = re.compile(r"[A-Z]{3}")
 
@@ -141,6 +144,9 @@ def _currencies(currencies: Iterable[str] | Mapping[str, int]) -> dict[str, int]
             raise ConfigurationError("currencies", code, "distinct three-letter upper-case ISO 4217 codes")
         if type(exponent) is not int or not 0 <= exponent <= 4:
             raise ConfigurationError("currencies", {code: exponent}, "a minor-unit exponent from 0 to 4")
+        iso = CURRENCY_EXPONENTS.get(code)
+        if iso is not None and exponent != iso:  # the dashboards divide ISO currencies by 10**iso
+            raise ConfigurationError("currencies", {code: exponent}, f"{{{code!r}: {iso}}}, its ISO 4217 exponent")
         out[code] = exponent
     if not out:
         raise ConfigurationError("currencies", [], "at least one currency")
@@ -153,7 +159,8 @@ def to_minor_units(amount: Decimal | int | str | float, exponent: int) -> int | 
     ``Decimal``, ``int`` and numeric strings are exact. A ``float`` is read through its shortest
     ``repr`` (``19.99`` → ``Decimal("19.99")``), so it is accepted when that has no more decimals than
     the currency has. None means the amount cannot be counted exactly: negative, not finite, not a
-    number, or with a fraction of a minor unit (``"19.999"`` dollars).
+    number, with a fraction of a minor unit (``"19.999"`` dollars), or above ``2**53`` minor units
+    (what a float64 counter holds exactly: 90 trillion dollars).
 
     Example:
         >>> to_minor_units("19.99", 2), to_minor_units(500, 0), to_minor_units(1.5, 3), to_minor_units("0.001", 2)
@@ -174,8 +181,10 @@ def to_minor_units(amount: Decimal | int | str | float, exponent: int) -> int | 
             return None
         if not value.is_finite() or value < 0:
             return None
+        if value and value.adjusted() + exponent > _MAX_DIGITS:  # cheap: before any big-number arithmetic
+            return None
         scaled = value.scaleb(exponent)
-        if scaled != scaled.to_integral_value():
+        if scaled != scaled.to_integral_value() or scaled > _MAX_MINOR_UNITS:
             return None
         return int(scaled)
     except (InvalidOperation, ValueError, ArithmeticError):
@@ -369,7 +378,7 @@ class Transactions:
                 return
             units: int | None = None
             if minor_units is not None:
-                if type(minor_units) is int and minor_units >= 0 and amount is None:
+                if type(minor_units) is int and 0 <= minor_units <= _MAX_MINOR_UNITS and amount is None:
                     units = minor_units
             elif amount is not None:
                 units = to_minor_units(amount, exponent)
@@ -425,8 +434,8 @@ class Segments:
             if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
                 raise ValueError(f"{spec.name} must be a number, got {_shown(value)}")
             number = float(value)
-            if not low <= number <= high:  # also rejects NaN
-                raise ValueError(f"{spec.name} must be within [{low}, {high}], got {_shown(value)}; not set")
+            if not (math.isfinite(number) and low <= number <= high):  # NaN and infinities too
+                raise ValueError(f"{spec.name} must be finite, within [{low}, {high}], got {_shown(value)}; not set")
             if type(segment) is not str or segment not in self.names:
                 _report(UndeclaredValue(f"segment {_shown(segment)} is not declared; set as {_OTHER!r}"))
                 segment = _OTHER

@@ -47,7 +47,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -272,7 +272,30 @@ def _apdex(target: float, *matchers: str, by: Sequence[str] = (), window: str = 
     bucket, count = _suffix(c.HTTP_SERVER_DURATION, "_bucket"), _suffix(c.HTTP_SERVER_DURATION, "_count")
     satisfied = _rate(bucket, _le(target), _NOT_5XX, *matchers, by=by, window=window)
     tolerating = _rate(bucket, _le(4 * target), _NOT_5XX, *matchers, by=by, window=window)
-    return f"({satisfied} + {tolerating}) / 2 / {_rate(count, *matchers, by=by, window=window)}"
+    total = _rate(count, *matchers, by=by, window=window)
+    # Cumulative buckets: (le=T + le=4T) / 2 = satisfied + (le=4T - le=T) / 2. Without a non-5xx request
+    # the bucket sums are empty: ``or 0 * total`` makes such a route's (or period's) Apdex 0, not absent.
+    return f"(({satisfied} + {tolerating}) / 2 or 0 * {total}) / {total}"
+
+
+def _major_units(make: Callable[[str], str]) -> tuple[str, str]:
+    """Money in each currency's major unit, and (separately) currencies outside the ISO 4217 table in minor units.
+
+    ``make(matcher)`` is an expression over ``business_revenue_minor_units_total`` restricted by a
+    ``currency`` matcher; the result divides each ISO 4217 currency by ``10**exponent`` (USD by 100,
+    JPY by 1, KWD by 1000). Currencies are never added together.
+    """
+    from .business import CURRENCY_EXPONENTS
+
+    groups: dict[int, list[str]] = {}
+    for code, exponent in sorted(CURRENCY_EXPONENTS.items()):
+        groups.setdefault(exponent, []).append(code)
+    parts = []
+    for exponent, codes in sorted(groups.items()):
+        expr = make(_re(c.LABEL_CURRENCY, "|".join(codes)))
+        parts.append(f"{expr} / {10**exponent}" if exponent else expr)
+    known = "|".join(sorted((*CURRENCY_EXPONENTS, c.BUSINESS_OTHER)))
+    return " or ".join(parts), make(f'{c.LABEL_CURRENCY}!~"{known}"')
 
 
 # --- the dashboards ---------------------------------------------------------------------------
@@ -345,8 +368,14 @@ def _system_overview() -> Dashboard:
                 "Bps",
                 "Bytes read and written per second by the host's block devices.",
                 (
-                    Query(_rate(_ext(node, "node_disk_read_bytes_total"), by=(_INSTANCE,), scope=host), "read"),
-                    Query(_rate(_ext(node, "node_disk_written_bytes_total"), by=(_INSTANCE,), scope=host), "write"),
+                    Query(
+                        _rate(_ext(node, "node_disk_read_bytes_total"), by=(_INSTANCE,), scope=host),
+                        _legend(_INSTANCE) + " read",
+                    ),
+                    Query(
+                        _rate(_ext(node, "node_disk_written_bytes_total"), by=(_INSTANCE,), scope=host),
+                        _legend(_INSTANCE) + " write",
+                    ),
                 ),
                 source=node,
                 width=8,
@@ -361,13 +390,13 @@ def _system_overview() -> Dashboard:
                         _rate(
                             _ext(node, "node_network_receive_bytes_total"), 'device!="lo"', by=(_INSTANCE,), scope=host
                         ),
-                        "receive",
+                        _legend(_INSTANCE) + " receive",
                     ),
                     Query(
                         _rate(
                             _ext(node, "node_network_transmit_bytes_total"), 'device!="lo"', by=(_INSTANCE,), scope=host
                         ),
-                        "transmit",
+                        _legend(_INSTANCE) + " transmit",
                     ),
                 ),
                 source=node,
@@ -523,10 +552,15 @@ def _system_overview() -> Dashboard:
                 "Process network I/O",
                 "timeseries",
                 "Bps",
-                "Bytes received and transmitted per second on the interfaces of the service's network namespace.",
+                "Bytes received and transmitted per second on the interfaces of the service's network namespace "
+                "(the container's; loopback excluded: sidecar traffic would count twice).",
                 (
                     Query(
-                        _rate(c.PROCESS_NETWORK_IO.name, by=(c.LABEL_NETWORK_IO_DIRECTION,)),
+                        _rate(
+                            c.PROCESS_NETWORK_IO.name,
+                            _ne(c.LABEL_NETWORK_INTERFACE, "lo"),
+                            by=(c.LABEL_NETWORK_IO_DIRECTION,),
+                        ),
                         _legend(c.LABEL_NETWORK_IO_DIRECTION),
                         key=True,
                     ),
@@ -681,10 +715,11 @@ def _application(apdex_target: float) -> Dashboard:
                 "Request latency distribution",
                 "heatmap",
                 "s",
-                "Requests per latency bucket over time (the histogram's buckets); exemplars link to traces.",
+                "Requests per second in each latency bucket over time (the histogram's buckets); exemplars link "
+                "to traces.",
                 (
                     Query(
-                        _increase(bucket, by=("le",), window=_RATE),
+                        _rate(bucket, by=("le",)),
                         _legend("le"),
                         format="heatmap",
                         exemplar=True,
@@ -906,6 +941,13 @@ def _business() -> Dashboard:
     feature, funnel, step, seg = c.LABEL_FEATURE, c.LABEL_FUNNEL, c.LABEL_FUNNEL_STEP, c.LABEL_SEGMENT
     funnel_sel = f'{funnel}=~"$funnel"'
     steps = _increase(c.BUSINESS_FUNNEL_STEP.name, funnel_sel, by=(funnel, step))
+    money_note = (
+        "A currency outside the ISO 4217 table (declared with its own exponent) is shown apart, in minor "
+        "units, with (minor units) in its legend."
+    )
+    revenue_in_range, revenue_in_range_minor = _major_units(lambda m: _increase(rev, m, by=(cur,)))
+    average, average_minor = _major_units(lambda m: f"{_rate(rev, m, by=(cur,))} / {_rate(tx, m, by=(cur,))}")
+    per_hour, per_hour_minor = _major_units(lambda m: f"{_rate(rev, m, by=(tt, cur))} * 3600")
     money = Row(
         "Transactions and revenue",
         (
@@ -919,12 +961,15 @@ def _business() -> Dashboard:
                 height=5,
             ),
             Panel(
-                "Revenue in range (minor units)",
+                "Revenue in range",
                 "stat",
                 "short",
-                "Transaction amounts over the selected time range, per currency, in the currency's minor units "
-                "(cents): divide by 10^exponent (100 for EUR and USD, 1 for JPY) for the amount.",
-                (Query(_increase(rev, by=(cur,)), _legend(cur), key=True),),
+                "Transaction amounts over the selected time range per currency, in the currency's major unit "
+                f"(minor units / 10^exponent of ISO 4217: USD / 100, JPY / 1, KWD / 1000). {money_note}",
+                (
+                    Query(revenue_in_range, _legend(cur), key=True),
+                    Query(revenue_in_range_minor, _legend(cur) + " (minor units)"),
+                ),
                 width=6,
                 height=5,
             ),
@@ -939,22 +984,28 @@ def _business() -> Dashboard:
                 stacked=True,
             ),
             Panel(
-                "Average transaction value (minor units)",
+                "Average transaction value",
                 "timeseries",
                 "short",
-                "Revenue per transaction, per currency, in minor units.",
-                (Query(f"{_rate(rev, by=(cur,))} / {_rate(tx, by=(cur,))}", _legend(cur), key=True),),
+                f"Revenue per transaction, per currency, in the currency's major unit. {money_note}",
+                (
+                    Query(average, _legend(cur), key=True),
+                    Query(average_minor, _legend(cur) + " (minor units)"),
+                ),
                 width=6,
                 height=5,
             ),
             Panel(
-                "Revenue per hour (minor units)",
+                "Revenue per hour",
                 "timeseries",
                 "short",
-                "Revenue rate per currency, scaled to an hour, in the currency's minor units.",
-                (Query(f"{_rate(rev, by=(tt, cur))} * 3600", _legend(tt, cur), key=True),),
+                "Revenue rate per transaction type and currency, scaled to an hour, in the currency's major unit "
+                f"(not stacked: amounts in different currencies do not add up). {money_note}",
+                (
+                    Query(per_hour, _legend(tt, cur), key=True),
+                    Query(per_hour_minor, _legend(tt, cur) + " (minor units)"),
+                ),
                 width=24,
-                stacked=True,
             ),
         ),
     )
@@ -965,7 +1016,9 @@ def _business() -> Dashboard:
                 "Active users",
                 "timeseries",
                 "short",
-                "Distinct users seen over each sliding window (an estimate; no user id is ever a label).",
+                "Distinct users seen over each sliding window: a HyperLogLog estimate (1.6 % standard error), no "
+                "user id is ever a label. With several instances this is the largest instance's count, a lower "
+                "bound of the users of all (exact when a user always reaches the same instance).",
                 (
                     Query(
                         f"max by ({c.LABEL_WINDOW}) ({_sel(c.BUSINESS_ACTIVE_USERS.name)})",
@@ -1183,9 +1236,13 @@ def _infrastructure() -> Dashboard:
                 "ops",
                 "PostgreSQL transactions per second per server (postgres_exporter).",
                 (
-                    Query(_rate(_ext(pg, "pg_stat_database_xact_commit"), by=(_INSTANCE,), scope=_ENV_ONLY), "commit"),
                     Query(
-                        _rate(_ext(pg, "pg_stat_database_xact_rollback"), by=(_INSTANCE,), scope=_ENV_ONLY), "rollback"
+                        _rate(_ext(pg, "pg_stat_database_xact_commit"), by=(_INSTANCE,), scope=_ENV_ONLY),
+                        _legend(_INSTANCE) + " commit",
+                    ),
+                    Query(
+                        _rate(_ext(pg, "pg_stat_database_xact_rollback"), by=(_INSTANCE,), scope=_ENV_ONLY),
+                        _legend(_INSTANCE) + " rollback",
                     ),
                 ),
                 source=pg,
@@ -1599,7 +1656,7 @@ def _options(panel: Panel) -> dict[str, Any]:
             "rowsFrame": {"layout": "auto"},
             "color": {"mode": "scheme", "scheme": "Oranges", "scale": "exponential", "exponent": 0.5, "steps": 64},
             "cellGap": 1,
-            "cellValues": {"unit": "short"},
+            "cellValues": {"unit": "reqps"},
             "filterValues": {"le": 1e-9},
             "showValue": "never",
             "legend": {"show": True},

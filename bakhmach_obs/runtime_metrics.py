@@ -87,12 +87,13 @@ def _report(exc: BaseException) -> None:
     current().report_error("runtime", exc)
 
 
-# --- /proc readers (each returns None when the file is absent: not Linux, or the process is gone) ---
+# --- /proc readers (each returns None when the file cannot be read: not Linux, the process is gone, or
+# /proc forbids it: another user's process, hidepid, a sandbox without /proc/<pid>/io) ---
 def _read(path: str) -> str | None:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
             return f.read()
-    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+    except OSError:
         return None
 
 
@@ -135,7 +136,7 @@ def _socket_inodes(proc: str, pid: int | str) -> set[int] | None:
     base = f"{proc}/{pid}/fd"
     try:
         names = os.listdir(base)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return None
     inodes: set[int] = set()
     for name in names:
@@ -229,6 +230,7 @@ class _GcRecorder:
         self._file: Any = None
         self._bucket_keys: list[list[str]] = []
         self._sum_keys: list[str] = []
+        self._file_pid = 0  # the process whose GC pauses the file holds
         self.installed = False
 
     def install(self) -> None:
@@ -257,10 +259,20 @@ class _GcRecorder:
             mmap_key(spec.name, spec.name + "_sum", [c.LABEL_GC_GENERATION], [str(g)], spec.help) for g in range(3)
         ]
         file = MmapedDict(path)
+        # A recycled pid finds the file of an exited worker: continue from its values, since the
+        # aggregate sums every file and must not go backwards (a false counter reset). A file this
+        # process wrote itself (installed again) already holds what ``counts`` holds.
+        inherited = self._file_pid != os.getpid()
         for g in range(3):  # every key exists before the hook runs: it only overwrites values in place
-            for key, n in zip(self._bucket_keys[g], self.counts[g], strict=True):
-                file.write_value(key, float(n), 0.0)
+            counts = self.counts[g]
+            for i, key in enumerate(self._bucket_keys[g]):
+                if inherited:
+                    counts[i] += int(file.read_value(key)[0])
+                file.write_value(key, float(counts[i]), 0.0)
+            if inherited:
+                self.sums[g] += file.read_value(self._sum_keys[g])[0]
             file.write_value(self._sum_keys[g], self.sums[g], 0.0)
+        self._file_pid = os.getpid()
         self._file = file
 
     def after_fork(self) -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 from decimal import Decimal
 
@@ -50,10 +51,21 @@ def errors(registry: CollectorRegistry) -> float:
         (True, 2, None),
         (None, 2, None),
         (Decimal("123456789012.34"), 2, 12345678901234),
+        ("90071992547409.92", 2, 2**53),  # the largest amount a float64 counter adds exactly
+        ("90071992547409.93", 2, None),
+        ("1e300", 2, None),  # would jump the counter beyond any exact value for good
+        ("1e99999", 0, None),  # and this one costs no big-number arithmetic (see below)
     ],
 )
 def test_to_minor_units_is_exact_or_nothing(amount, exponent, expected):
     assert business.to_minor_units(amount, exponent) == expected
+
+
+def test_huge_amounts_are_rejected_cheaply():
+    start = time.perf_counter()
+    for _ in range(100):
+        assert business.to_minor_units("9e99999", 2) is None
+    assert time.perf_counter() - start < 0.05  # a user-typed amount cannot stall the request
 
 
 def test_currency_table_has_iso_exponents():
@@ -89,6 +101,7 @@ def test_transactions_bad_input_is_reported_never_raised_and_never_a_new_series(
         sales.record("purchase", "USD", amount=-5)
         sales.record("purchase", "USD", amount="1", minor_units=100)  # both: ambiguous
         sales.record("purchase", "USD", minor_units=2.5)  # type: ignore[arg-type]
+        sales.record("purchase", "USD", minor_units=2**53 + 1)  # beyond exact float64 counting
         sales.record("user-typed-type-123", "USD", amount="2.00")  # undeclared type: other, amount kept
         sales.record("purchase", "XBT", amount="3.00")  # undeclared currency: other, amount dropped
         sales.record(None, object(), amount=object())  # type: ignore[arg-type]
@@ -96,12 +109,12 @@ def test_transactions_bad_input_is_reported_never_raised_and_never_a_new_series(
         revenue = series(registry, c.BUSINESS_REVENUE.name)
         count = series(registry, c.BUSINESS_TRANSACTIONS.name)
         assert revenue[(("currency", "USD"), ("transaction_type", "purchase"))] == 0
-        assert count[(("currency", "USD"), ("transaction_type", "purchase"))] == 4
+        assert count[(("currency", "USD"), ("transaction_type", "purchase"))] == 5
         assert revenue[(("currency", "USD"), ("transaction_type", "other"))] == 200
         assert count[(("currency", "other"), ("transaction_type", "purchase"))] == 1
         assert count[(("currency", "other"), ("transaction_type", "other"))] == 1
         assert sum(revenue.values()) == 200
-        assert errors(registry) == 8  # one per problem: the last call has two
+        assert errors(registry) == 9  # one per problem: the last call has two
 
 
 @pytest.mark.parametrize(
@@ -116,6 +129,7 @@ def test_transactions_bad_input_is_reported_never_raised_and_never_a_new_series(
         ({"types": ["purchase"], "currencies": ["XYZ"]}, "currencies"),
         ({"types": ["purchase"], "currencies": {"XTS": 7}}, "currencies"),
         ({"types": ["purchase"], "currencies": "USD"}, "currencies"),
+        ({"types": ["purchase"], "currencies": {"JPY": 2}}, "currencies"),  # the dashboards divide JPY by 1
     ],
 )
 def test_invalid_declarations_fail_loudly(kwargs, setting):
@@ -163,6 +177,8 @@ def test_segment_gauges_validate_values(registry):
     segments.set_engagement_score("free", 63.5)
     segments.set_engagement_score("enterprise", 80)  # undeclared: other
     segments.set_engagement_score("free", "high")  # type: ignore[arg-type]
+    segments.set_engagement_score("free", float("inf"))
+    segments.set_engagement_score("free", -math.inf)
     assert registry.get_sample_value("business_churn_ratio", {"segment": "pro"}) == 0.021
     assert registry.get_sample_value("business_user_engagement_score", {"segment": "free"}) == 63.5
     assert registry.get_sample_value("business_user_engagement_score", {"segment": "other"}) == 80
@@ -298,6 +314,38 @@ def test_memory_is_bounded_whatever_the_number_of_users(registry):
     assert after_first <= limit + 64 * 1024
     assert after_second - after_first < 16 * 1024  # another 100,000 users cost nothing more
     assert peak <= limit + 128 * 1024
+
+
+def test_many_request_threads_and_concurrent_scrapes(registry):
+    """seen() from 8 threads while another thread scrapes: no error, nothing lost beyond the stated error."""
+    import threading
+
+    active = business.ActiveUsers(registry=registry)
+    stop = threading.Event()
+    scraped: list[float] = []
+
+    def scrape() -> None:
+        while not stop.is_set():
+            scraped.append(registry.get_sample_value("business_active_users", {"window": "1h"}) or 0.0)
+
+    def requests(worker: int) -> None:
+        for i in range(5000):
+            active.seen(f"w{worker}-u{i}")
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    workers = [threading.Thread(target=requests, args=(w,)) for w in range(8)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+    stop.set()
+    scraper.join(10)
+    assert len(scraped) > 1 and all(0 <= v <= 40_000 * (1 + 3 * active.relative_error) for v in scraped)
+    for window in c.ACTIVE_USER_WINDOWS:
+        estimate = registry.get_sample_value("business_active_users", {"window": window})
+        assert abs(estimate / 40_000 - 1) < 3 * active.relative_error, window
+    assert errors(registry) == 0
 
 
 def test_user_ids_never_reach_the_exposition_or_the_tracker(registry):

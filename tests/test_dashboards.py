@@ -256,6 +256,125 @@ def test_every_expression_parses_with_promtool(tmp_path):
     assert broken.returncode != 0
 
 
+# --- what the expressions compute (promtool's PromQL engine on synthetic series) ----------------------
+
+
+def _query(file_name: str, title: str, index: int = 0, *, apdex_target: float = 0.25) -> str:
+    """The PromQL of one panel's query, Grafana variables substituted (a 5-minute rate window and range)."""
+    for d in dashboards.dashboards(apdex_target=apdex_target):
+        if d.file_name == file_name:
+            panel = next(p for p in d.panels() if p.title == title)
+            return substitute(panel.queries[index].expr, __rate_interval="5m", __range="5m")
+    raise KeyError(file_name)
+
+
+def _http(route: str, status: str, buckets: dict[str, int]) -> list[dict[str, str]]:
+    """Per-minute increments of one label set of the server duration histogram (cumulative buckets)."""
+    h = c.HTTP_SERVER_DURATION.name
+    labels = f'{c.LABEL_HTTP_ROUTE}="{route}", {c.LABEL_HTTP_STATUS}="{status}"'
+    out = [{"series": f'{h}_bucket{{{labels}, le="{le}"}}', "values": f"0+{n}x20"} for le, n in buckets.items()]
+    out.append({"series": f"{h}_count{{{labels}}}", "values": f"0+{buckets['+Inf']}x20"})
+    return out
+
+
+def _expect(expr: str, samples: dict[str, float]) -> dict[str, Any]:
+    """``expr`` at 10 minutes gives exactly ``samples`` (label set -> value, compared to 6 decimals)."""
+    return {
+        "expr": f"round(({expr}) * 1000000)",
+        "eval_time": "10m",
+        "exp_samples": [{"labels": labels, "value": round(v * 1_000_000)} for labels, v in samples.items()],
+    }
+
+
+def test_expressions_compute_apdex_error_ratio_heatmap_and_money_correctly(tmp_path):
+    """Exact results of the subtle queries on known traffic, from Prometheus's own engine (promtool)."""
+    promtool = need_binary("promtool")
+    app, biz = "application-performance.json", "business-metrics.json"
+    route = c.LABEL_HTTP_ROUTE
+    rev, tx = c.BUSINESS_REVENUE.name, c.BUSINESS_TRANSACTIONS.name
+    series = [
+        # /a a minute: 6 requests within T = 0.25 s, 3 more within 4T, 1 slower; one fast 500
+        *_http("/a", "200", {"0.1": 2, "0.25": 6, "1.0": 9, "+Inf": 10}),
+        *_http("/a", "500", {"0.1": 1, "0.25": 1, "1.0": 1, "+Inf": 1}),
+        # /boom fails every request, quickly: frustrated all the same (Apdex 0, not absent)
+        *_http("/boom", "503", {"0.1": 2, "0.25": 2, "1.0": 2, "+Inf": 2}),
+        # /c is scraped by Prometheus 3 / OTLP, which write the bound 1.0 as "1"
+        *_http("/c", "200", {"0.1": 0, "0.25": 2, "1": 4, "+Inf": 4}),
+        *(
+            {"series": f'{rev}{{transaction_type="purchase", currency="{cur}"}}', "values": f"0+{n}x20"}
+            for cur, n in (("USD", 1999), ("JPY", 500), ("KWD", 1250), ("XTS", 7))
+        ),
+        *(
+            {"series": f'{tx}{{transaction_type="purchase", currency="{cur}"}}', "values": "0+1x20"}
+            for cur in ("USD", "JPY", "KWD", "XTS")
+        ),
+    ]
+    tests = [
+        # Apdex = (satisfied + tolerating / 2) / all = (le=T + le=4T) / 2 / all, 5xx frustrated
+        _expect(_query(app, "Apdex (T = 0.25 s)"), {"{}": (6 + 9 + 2 + 4) / 2 / 17}),
+        _expect(
+            _query(app, "Apdex over time", 1),
+            {
+                f'{{{route}="/a"}}': (6 + 9) / 2 / 11,
+                f'{{{route}="/boom"}}': 0.0,
+                f'{{{route}="/c"}}': (2 + 4) / 2 / 4,
+            },
+        ),
+        _expect(_query(app, "Error rate"), {"{}": 3 / 17}),
+        # the heatmap's cells are per-bucket rates of the cumulative buckets (Grafana de-accumulates)
+        _expect(
+            _query(app, "Request latency distribution"),
+            {
+                '{le="0.1"}': 5 / 60,
+                '{le="0.25"}': 11 / 60,
+                '{le="1.0"}': 12 / 60,
+                '{le="1"}': 4 / 60,
+                '{le="+Inf"}': 17 / 60,
+            },
+        ),
+        # money in each currency's major unit (ISO 4217 exponent), never added across currencies
+        _expect(
+            _query(biz, "Revenue in range"),
+            {'{currency="USD"}': 99.95, '{currency="JPY"}': 2500, '{currency="KWD"}': 6.25},
+        ),
+        _expect(_query(biz, "Revenue in range", 1), {'{currency="XTS"}': 35}),  # not in the ISO table: minor units
+        _expect(
+            _query(biz, "Average transaction value"),
+            {'{currency="USD"}': 19.99, '{currency="JPY"}': 500, '{currency="KWD"}': 1.25},
+        ),
+        _expect(
+            _query(biz, "Revenue per hour"),
+            {
+                f'{{transaction_type="purchase", currency="{cur}"}}': v
+                for cur, v in (("USD", 1199.4), ("JPY", 30000), ("KWD", 75))
+            },
+        ),
+    ]
+    suite = {"rule_files": [], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": series, "promql_expr_test": tests}
+    ]}  # fmt: skip
+    path = tmp_path / "dashboards_test.yml"
+    path.write_text(json.dumps(suite))
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_legends_keep_every_grouping_label_and_money_is_never_stacked():
+    """Series of a panel differ only by their grouping labels: a legend without one shows look-alike lines."""
+    for d in dashboards.dashboards():
+        for p in d.panels():
+            if p.kind in ("table", "heatmap"):
+                continue
+            for q in p.queries:
+                if not q.legend:
+                    continue
+                outer = re.match(r"(?:topk\(\d+, |sort_desc\()?(?:sum|max|min|avg) by \(([^)]*)\)", q.expr)
+                for label in outer.group(1).split(", ") if outer else ():
+                    assert "{{" + label + "}}" in q.legend, (d.file_name, p.title, label, q.legend)
+            if any(c.BUSINESS_REVENUE.name in q.expr for q in p.queries):
+                assert not p.stacked, (p.title, "amounts in different currencies do not add up")
+
+
 # --- CLI ------------------------------------------------------------------------------------------
 
 
@@ -344,10 +463,9 @@ def test_key_queries_return_data_from_a_real_prometheus(tmp_path):
                 service, _environment, instance = variable_selectors(model)[:3]
                 assert prom.query(substitute(service)), service
                 assert prom.query(substitute(instance, service="shop")), instance
-            # exemplars of the latency histograms carry the trace id the trace view opens (the HTTP
-            # middleware does not attach exemplars yet: the function and database histograms do)
+            # exemplars of the latency histograms carry the trace id the trace view opens
             now = time.time()
-            for spec in (c.FUNCTION_CALLS_DURATION, c.DB_CLIENT_DURATION):
+            for spec in (c.HTTP_SERVER_DURATION, c.FUNCTION_CALLS_DURATION, c.DB_CLIENT_DURATION):
                 exemplars = prom.api(
                     "query_exemplars", query=f'{spec.name}_bucket{{job="shop"}}', start=str(now - 300), end=str(now)
                 )

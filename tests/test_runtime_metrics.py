@@ -180,6 +180,10 @@ def test_thread_count_counts_real_threads(registry, rm):
         stop.set()
         for t in threads:
             t.join(5)
+    # join() returns when Python is done with a thread; the kernel task may linger a moment longer
+    deadline = time.monotonic() + 5
+    while value(registry, "process_threads") != before and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert value(registry, "process_threads") == before
 
 
@@ -297,6 +301,56 @@ def test_without_proc_the_proc_families_are_absent_without_errors(registry, tmp_
         assert c.PROCESS_OPEN_CONNECTIONS.name not in names and c.PROCESS_THREAD_COUNT.name not in names
         assert mp == []
         assert telemetry_errors(registry) == 0
+
+
+def test_unreadable_proc_files_are_absent_without_errors(registry, tmp_path):
+    """/proc that forbids a file (another user's process, hidepid, a sandbox) costs that family only."""
+    me = tmp_path / "self"
+    me.mkdir()
+    (me / "status").write_text("Name:\tpython\nThreads:\t7\n")
+    (me / "io").mkdir()  # open() fails with an OSError that is not FileNotFoundError (as EACCES would)
+    (me / "fd").write_text("")  # not a directory
+    with capture(registry=registry):
+        handle = runtime_metrics.register(registry, proc_root=str(tmp_path))
+        try:
+            assert value(registry, "process_threads") == 7
+            names = {m.name for m in registry.collect()}
+        finally:
+            handle.close()
+        assert c.PROCESS_DISK_IO.family not in names and c.PROCESS_OPEN_CONNECTIONS.name not in names
+        assert telemetry_errors(registry) == 0
+
+
+GC_FILE_WORKER = textwrap.dedent("""
+    import gc
+    from bakhmach_obs import runtime_metrics
+
+    gc.disable()
+    exited = runtime_metrics._GcRecorder()  # a worker that ran under this pid before, and exited
+    exited.install()
+    for _ in range(3):
+        gc.collect(2)
+    exited.uninstall()
+    recycled = runtime_metrics._GcRecorder()  # the new worker the pid was given to
+    recycled.install()
+    gc.collect(2)
+    recycled.uninstall()
+    recycled.install()  # installed again in the same process: its own file, nothing to inherit
+    gc.collect(2)
+    recycled.uninstall()
+""")
+
+
+def test_a_recycled_pid_continues_the_gc_file_of_the_exited_worker(tmp_path):
+    """The aggregate sums every worker's file: a recycled pid must not reset what the exited worker counted."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", GC_FILE_WORKER], env=env, check=True, timeout=60)
+    assert len(list(tmp_path.glob("histogram_*-gc.db"))) == 1
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    assert value(registry, "python_gc_pause_seconds_count", cpython_gc_generation="2") == 3 + 1 + 1
+    assert value(registry, "python_gc_pause_seconds_bucket", cpython_gc_generation="2", le="+Inf") == 5
+    assert value(registry, "python_gc_pause_seconds_count", cpython_gc_generation="0") == 0
 
 
 def test_register_rejects_a_bad_interval():
