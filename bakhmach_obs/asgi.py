@@ -29,6 +29,7 @@ With FastAPI or Starlette: ``app.add_middleware(ObservabilityMiddleware)``.
 
 from __future__ import annotations
 
+from asyncio import get_running_loop as _running_loop
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from re import Pattern
 from typing import Any
@@ -139,12 +140,13 @@ class ObservabilityMiddleware:
         )
         self.route_resolver = route_resolver
         self._echo = correlation_header.lower().encode("latin-1") if correlation_header else None
-        self._loop_watched: object = None  # the runtime whose event-loop probe this middleware started
+        # The runtime and the loop this middleware last started the event-loop probe for.
+        self._loop_watched: tuple[object, object] = (None, None)
 
-    def _watch_loop(self) -> None:
-        """Start the runtime metrics' event-loop probe (lag, tasks) on the serving loop, once per runtime."""
+    def _watch_loop(self, loop: object) -> None:
+        """Start the runtime metrics' event-loop probe (lag, tasks) on the serving loop, once per runtime and loop."""
         rt = _runtime.current()
-        self._loop_watched = rt
+        self._loop_watched = (_runtime.CURRENT[0], loop)
         if rt.metrics_enabled and rt.settings.runtime_metrics:
             try:
                 from .runtime_metrics import watch_loop
@@ -179,8 +181,10 @@ class ObservabilityMiddleware:
         return route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._loop_watched is not _runtime.CURRENT[0]:
-            self._watch_loop()
+        watched_rt, watched_loop = self._loop_watched
+        loop = _running_loop()
+        if watched_rt is not _runtime.CURRENT[0] or watched_loop is not loop:
+            self._watch_loop(loop)
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -520,6 +520,10 @@ def test_configure_collects_runtime_metrics_and_the_asgi_middleware_watches_its_
 
     seen = asyncio.run(call())
     assert {c.EVENT_LOOP_LAG.name, c.ASYNCIO_TASKS.name} <= seen
+    first = app._loop_watched[1]
+    seen = asyncio.run(call())  # a new serving loop (a restarted server): the probe follows it
+    assert {c.EVENT_LOOP_LAG.name, c.ASYNCIO_TASKS.name} <= seen
+    assert app._loop_watched[1] is not first
 
     off = CollectorRegistry()
     bakhmach_obs.configure(
