@@ -182,6 +182,8 @@ __all__ = [
     "SLO_OBJECTIVE",
     "SLO_PERIOD_BURN_RATE",
     "SLO_SLI_ERROR",
+    "SLO_SLI_ERROR_EVENTS_RATE",
+    "SLO_SLI_EVENTS_RATE",
     "SLO_WINDOWS",
     "SPAN_ATTRIBUTES",
     "SpanAttribute",
@@ -864,6 +866,10 @@ LABEL_SLO_FEATURE = "feature"
 SLO_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 #: ``slo:sli_error:ratio_rate5m`` and so on: the SLI's error ratio over a window, as a ratio of increases.
 SLO_SLI_ERROR = "slo:sli_error:ratio_rate{window}"
+#: Per-second SLI events and error events over 5 minutes. A window longer than the longest of
+#: ``SLO_WINDOWS`` is computed from these with ``sum_over_time`` instead of raw range vectors.
+SLO_SLI_EVENTS_RATE = "slo:sli_events:rate5m"
+SLO_SLI_ERROR_EVENTS_RATE = "slo:sli_error_events:rate5m"
 #: The SLO's target (0.999), its error budget (0.001), the burn rate over the SLO window, and the
 #: share of the window's budget still unspent (1 = untouched, <= 0 = exhausted).
 SLO_OBJECTIVE = "slo:objective:ratio"

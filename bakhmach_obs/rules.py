@@ -2,9 +2,12 @@
 
 :func:`generate` returns one rule file (as a dict, ready for ``yaml.safe_dump``) with:
 
-- per SLO, recording rules ``slo:sli_error:ratio_rate<window>`` for every window in
-  :data:`~bakhmach_obs.conventions.SLO_WINDOWS` plus the SLO's own window. Each is a ratio of
-  increases over the window (never an average of shorter ratios), plus ``slo:objective:ratio``,
+- per SLO, the SLI's event and error-event rates over 5 minutes (``slo:sli_events:rate5m``,
+  ``slo:sli_error_events:rate5m``), then recording rules ``slo:sli_error:ratio_rate<window>`` for
+  every window in :data:`~bakhmach_obs.conventions.SLO_WINDOWS` plus the SLO's own window. Each is
+  the share of bad events in the window (never an average of shorter ratios): a ratio of
+  increases, or for a window longer than 3 days the ratio of the summed recorded rates (see
+  :func:`window_ratio_expr`), plus ``slo:objective:ratio``,
   ``slo:error_budget:ratio``, ``slo:period_burn_rate:ratio`` and
   ``slo:period_error_budget_remaining:ratio``;
 - per SLO, multi-window multi-burn-rate alerts as in the Google SRE workbook
@@ -24,8 +27,8 @@ Example:
     >>> rules = generate([SLO(name="api-availability", service="api", target=0.999, sli="availability")])
     >>> [g["name"] for g in rules["groups"]]
     ['bakhmach_slo_api-availability', 'bakhmach_critical', 'bakhmach_warning']
-    >>> rules["groups"][0]["rules"][0]["record"]
-    'slo:sli_error:ratio_rate5m'
+    >>> [r["record"] for r in rules["groups"][0]["rules"][:3]]
+    ['slo:sli_events:rate5m', 'slo:sli_error_events:rate5m', 'slo:sli_error:ratio_rate5m']
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ __all__ = [
     "add_cli_arguments",
     "alert_names",
     "catalogue",
+    "error_events_rate_expr",
     "error_ratio_expr",
     "events_rate_expr",
     "generate",
@@ -63,6 +67,7 @@ __all__ = [
     "sli_query",
     "sloth_specs",
     "unknown_thresholds",
+    "window_ratio_expr",
 ]
 
 #: Events per second an SLI needs over an alert's long window before a burn-rate alert may fire
@@ -209,8 +214,60 @@ or vector(0)) / sum(increase(http_server_request_duration_seconds_count{job="api
 
 
 def events_rate_expr(slo: SLO, window: str) -> str:
-    """PromQL for the SLI's events per second over ``window`` (the low-traffic guard)."""
+    """PromQL for the SLI's events per second over ``window``, from the raw series."""
     return f"sum(rate({sli_query(slo).total}[{window}]))"
+
+
+def error_events_rate_expr(slo: SLO, window: str = "5m") -> str:
+    """PromQL for the SLI's bad events per second over ``window``, from the raw series.
+
+    No bad series yet is zero while the SLI has events, and nothing when it has none.
+
+    Example:
+        >>> slo = SLO(name="a", service="api", target=0.99, sli="availability", source="http")
+        >>> print(error_events_rate_expr(slo))
+        sum(rate(http_server_request_duration_seconds_count{job="api",http_response_status_code=~"5.."}[5m])) \
+or 0 * sum(rate(http_server_request_duration_seconds_count{job="api"}[5m]))
+    """
+    q = sli_query(slo)
+    total = f"sum(rate({q.total}[{window}]))"
+    if q.bad is not None:
+        return f"sum(rate({q.bad}[{window}])) or 0 * {total}"
+    return f"{total} - sum(rate({q.good}[{window}]))"
+
+
+def _raw_window_seconds(burn: Sequence[BurnRateWindow]) -> float:
+    return max(parse_duration(w) for w in [*c.SLO_WINDOWS, *(x for b in burn for x in (b.short_window, b.long_window))])
+
+
+def window_ratio_expr(slo: SLO, window: str, burn: Sequence[BurnRateWindow] = BURN_RATE_WINDOWS) -> str:
+    """PromQL recording ``slo``'s error ratio over ``window``.
+
+    Up to the longest alert window (3d) it is :func:`error_ratio_expr` on the raw series. A longer
+    window (the SLO's 30d) would make Prometheus read 30 days of every raw series each minute;
+    it sums the recorded 5-minute event rates instead. Both rates are sampled at every rule
+    evaluation, so each event is counted the same number of times in both sums and the quotient is
+    still the share of bad events over the window; ``rate()`` has already absorbed counter resets.
+    The recorded form covers only the time since the rules were loaded.
+
+    Example:
+        >>> slo = SLO(name="a", service="api", target=0.99, sli="availability", source="http")
+        >>> print(window_ratio_expr(slo, "30d"))
+        sum_over_time(slo:sli_error_events:rate5m{slo="a",service="api"}[30d]) \
+/ sum_over_time(slo:sli_events:rate5m{slo="a",service="api"}[30d])
+    """
+    if parse_duration(window) <= _raw_window_seconds(burn):
+        return error_ratio_expr(slo, window)
+    match = _match(slo)
+    return (
+        f"sum_over_time({c.SLO_SLI_ERROR_EVENTS_RATE}{match}[{window}]) "
+        f"/ sum_over_time({c.SLO_SLI_EVENTS_RATE}{match}[{window}])"
+    )
+
+
+def _match(slo: SLO) -> str:
+    """The matchers selecting ``slo``'s recorded series."""
+    return _selector("", {k: v for k, v in slo.labels().items() if k != c.LABEL_SLO_FEATURE})
 
 
 def unknown_thresholds(slos: Iterable[SLO]) -> list[SLO]:
@@ -275,7 +332,8 @@ def _low_cache_hit_ratio(threshold: float | None, min_rate: float) -> str:
     name = c.CACHE_OPERATIONS.name
     hits = f"{by}(rate({_selector(name, {c.LABEL_CACHE_RESULT: 'hit'})}[10m]))"
     lookups = f"{by}(rate({_selector(name, {}, (c.LABEL_CACHE_RESULT, '=~', 'hit|miss'))}[10m]))"
-    return _guard(f"{hits} / {lookups} < {_num(threshold or 0)}", lookups, min_rate)
+    # a cache that never hit has no hit series yet: count it as 0 hits, or the alert could never fire
+    return _guard(f"({hits} or 0 * {lookups}) / {lookups} < {_num(threshold or 0)}", lookups, min_rate)
 
 
 def _pool_saturation(threshold: float | None, min_rate: float) -> str:
@@ -425,9 +483,13 @@ def _slo_group(
     overrides: Mapping[str, Mapping[str, Any]],
 ) -> dict[str, Any]:
     labels = slo.labels()
-    match = _selector("", {k: v for k, v in labels.items() if k != c.LABEL_SLO_FEATURE})
+    match = _match(slo)
     rules: list[dict[str, Any]] = [
-        {"record": c.slo_sli_error(w), "expr": error_ratio_expr(slo, w), "labels": dict(labels)}
+        {"record": c.SLO_SLI_EVENTS_RATE, "expr": events_rate_expr(slo, "5m"), "labels": dict(labels)},
+        {"record": c.SLO_SLI_ERROR_EVENTS_RATE, "expr": error_events_rate_expr(slo, "5m"), "labels": dict(labels)},
+    ]
+    rules += [
+        {"record": c.slo_sli_error(w), "expr": window_ratio_expr(slo, w, burn), "labels": dict(labels)}
         for w in _windows(slo, burn)
     ]
     budget = slo.budget
@@ -454,8 +516,11 @@ def _slo_group(
                 f"{c.slo_sli_error(b.long_window)}{match} > {level} "
                 f"and {c.slo_sli_error(b.short_window)}{match} > {level}"
             )
-            if min_rate > 0:
-                cond += f" and on() ({events_rate_expr(slo, b.long_window)} >= {_num(min_rate)})"
+            if min_rate > 0:  # the recorded 5m rates averaged: no raw range over the long window
+                cond += (
+                    f" and on() (sum(avg_over_time({c.SLO_SLI_EVENTS_RATE}{match}[{b.long_window}]))"
+                    f" >= {_num(min_rate)})"
+                )
             parts.append(f"({cond})")
         speed = " or ".join(f"{b.factor:g}x over {b.long_window} and {b.short_window}" for b in conditions)
         rules.append(

@@ -396,10 +396,16 @@ def _threshold(r: _Reader, node: yaml.Node, path: str) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf:
         return float(value)
     if isinstance(value, str):
-        try:
-            return parse_duration(value.strip())
+        try:  # YAML 1.1 reads 1e-05 (no dot) as a string
+            number = float(value.strip())
         except ValueError:
-            pass
+            try:
+                return parse_duration(value.strip())
+            except ValueError:
+                pass
+        else:
+            if 0 < number < math.inf:
+                return number
     raise r.error(node, path, value, accepted)
 
 

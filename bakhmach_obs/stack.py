@@ -8,6 +8,7 @@ The layout (``docker compose up -d`` in the output directory starts it)::
 
     docker-compose.yml                          every service, images pinned, no password inside
     .env / .env.example                         the Grafana admin password (0600) / a template
+    .gitignore                                  keeps .env out of git
     prometheus/prometheus.yml                   scrape jobs, rule files, Alertmanager
     prometheus/rules/bakhmach-obs.rules.yml     recording + alerting rules (bakhmach_obs.rules)
     alertmanager/alertmanager.yml               routing by severity, inhibition, webhook receivers
@@ -423,7 +424,8 @@ def _compose(options: StackOptions) -> dict[str, Any]:
                 "jaeger": {"condition": "service_started"},
                 "elasticsearch": {"condition": "service_healthy"},
             },
-            "healthcheck": _healthcheck(["CMD", "wget", "-q", "--spider", "http://localhost:3000/api/health"]),
+            # curl, not wget: the image installs curl (Alpine and Ubuntu variants alike).
+            "healthcheck": _healthcheck(["CMD", "curl", "-fsS", "-o", "/dev/null", "http://localhost:3000/api/health"]),
             "restart": "unless-stopped",
         },
         "elasticsearch": {
@@ -513,8 +515,9 @@ def _env_text(password: str) -> str:
 
 _ENV_EXAMPLE = (
     "# Template of .env (the real one is generated with a random password and mode 0600).\n"
+    "# Left empty on purpose: compose refuses to start until you set a password.\n"
     "GF_SECURITY_ADMIN_USER=admin\n"
-    "GF_SECURITY_ADMIN_PASSWORD=change-me\n"
+    "GF_SECURITY_ADMIN_PASSWORD=\n"
     f"POSTGRES_EXPORTER_DSN={_DEFAULT_DSN}\n"
 )
 
@@ -547,7 +550,7 @@ def generate(options: StackOptions | None = None) -> dict[str, str]:
     Example:
         >>> files = generate(StackOptions(targets=("backend:8080",)))
         >>> sorted(files)[:3]
-        ['.env.example', 'alertmanager/alertmanager.yml', 'docker-compose.yml']
+        ['.env.example', '.gitignore', 'alertmanager/alertmanager.yml']
         >>> "GF_SECURITY_ADMIN_PASSWORD=" in "".join(files.values())  # only in .env.example, as a placeholder
         True
     """
@@ -563,6 +566,8 @@ def generate(options: StackOptions | None = None) -> dict[str, str]:
             ),
         ),
         ".env.example": _ENV_EXAMPLE,
+        # The output directory is meant to be committed; its secrets are not.
+        ".gitignore": f"/{ENV_FILE}\n",
         "prometheus/prometheus.yml": _yaml(_prometheus_config(options), header),
         RULES_FILE: _yaml(_rules(options), header),
         "alertmanager/alertmanager.yml": _yaml(

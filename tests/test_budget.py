@@ -41,6 +41,18 @@ slos:
     sli: {kind: latency, threshold: 300ms}
 """
 
+EXTRA_YAML = """\
+defaults: {service: shop, window: 5m}
+slos:
+  - name: shop-typo           # the selector matches nothing
+    service: shopp
+    target: 0.9
+    sli: {kind: availability, source: http}
+  - name: shop-idle           # requested once, before the window
+    feature: /once
+    target: 0.9
+    sli: {kind: availability, source: http}
+"""
 
 # --- the gate's arithmetic and report ----------------------------------------------------------------
 
@@ -48,18 +60,27 @@ slos:
 def test_status_arithmetic_and_exit_code():
     fine = BudgetStatus(AVAILABILITY, error_ratio=0.025, burn_rates={"1h": 0.25, "6h": None})
     spent = BudgetStatus(AVAILABILITY, error_ratio=0.1, burn_rates={"1h": 1.0})
-    quiet = BudgetStatus(LATENCY, error_ratio=None)
+    quiet = BudgetStatus(LATENCY, error_ratio=None, events=0)
+    missing = BudgetStatus(LATENCY, error_ratio=None)  # no series at all
+    unrecorded = BudgetStatus(LATENCY, error_ratio=None, events=120)  # traffic, but no ratio (rules not loaded)
     assert math.isclose(fine.consumed, 0.25) and math.isclose(fine.remaining, 0.75)
     assert fine.passes() and fine.passes(0.75) and not fine.passes(0.8)
     assert math.isclose(spent.remaining, 0.0, abs_tol=1e-12) and not spent.passes()  # exactly spent is exhausted
-    assert quiet.remaining is None and quiet.passes(0.99)  # no traffic: nothing spent
+    assert quiet.remaining is None and quiet.no_traffic and quiet.passes(0.99)  # no traffic: nothing spent
+    # missing data never passes silently
+    assert missing.no_data and unrecorded.no_data and not missing.passes() and not unrecorded.passes()
+    assert missing.passes(allow_no_data=True) and not fine.passes(0.8, allow_no_data=True)
     assert exit_code([fine, quiet]) == 0 and exit_code([fine, spent]) == 1 and exit_code([fine], 0.8) == 1
-    table = format_table([fine, spent, quiet], 0.5).splitlines()
+    assert exit_code([fine, missing]) == 1 and exit_code([fine, missing], allow_no_data=True) == 0
+    table = format_table([fine, spent, quiet, missing], 0.5).splitlines()
     assert table[0].split() == ["SLO", "SERVICE", "TARGET", "WINDOW", "ERROR", "RATIO", "BUDGET", "LEFT",
                                 "BURN", "1h", "BURN", "6h", "STATUS"]  # fmt: skip
     assert table[1].split()[-5:] == ["2.5000%", "75.0%", "0.25x", "-", "ok"]
-    assert table[2].endswith("EXHAUSTED") and table[3].endswith("no data")
-    assert to_json([fine])[0]["budget_remaining"] == pytest.approx(0.75)
+    assert table[2].endswith("EXHAUSTED") and table[3].endswith("no traffic") and table[4].endswith("NO DATA")
+    assert format_table([missing], allow_no_data=True).endswith("no data (allowed)")
+    rows = to_json([fine, missing])
+    assert rows[0]["budget_remaining"] == pytest.approx(0.75) and rows[0]["status"] == "ok"
+    assert (rows[1]["status"], rows[1]["passes"]) == ("NO DATA", False)
 
 
 def test_unreachable_prometheus_fails_closed(tmp_path, capsys):
@@ -94,6 +115,9 @@ def _app():
     async def fail(request):
         return PlainTextResponse("broken", status_code=500)
 
+    async def once(request):
+        return PlainTextResponse("once")
+
     async def slow(request):
         await asyncio.sleep(0.35)
         return PlainTextResponse("slow")
@@ -103,6 +127,7 @@ def _app():
             Route("/ok", ok),
             Route("/fail", fail),
             Route("/slow", slow),
+            Route("/once", once),
             Mount("/metrics", bakhmach_obs.metrics_asgi_app()),
         ]
     )
@@ -155,6 +180,10 @@ def test_end_to_end_recorded_ratios_and_the_gate_against_a_real_prometheus(tmp_p
     )
     slo_file = tmp_path / "slo.yaml"
     slo_file.write_text(SLO_YAML, encoding="utf-8")
+    extra = tmp_path / "extra.yaml"  # not in the rules: evaluated from the raw series
+    extra.write_text(EXTRA_YAML, encoding="utf-8")
+    unrecorded = tmp_path / "unrecorded.yaml"
+    unrecorded.write_text(SLO_YAML.replace("shop-availability", "shop-unrecorded"), encoding="utf-8")
     rules = tmp_path / "rules.yml"
     assert main(["rules", "--slo", str(slo_file), "-o", str(rules)]) == 0
     # rules built from the file and from the Python objects are the same
@@ -180,7 +209,7 @@ def test_end_to_end_recorded_ratios_and_the_gate_against_a_real_prometheus(tmp_p
         # every series exists before the first scrape, so each later request shows up as an increase;
         # starting the counters well above zero keeps Prometheus' extrapolation the same for every
         # series (it stops extrapolating at zero), so the recorded ratios are exact
-        _drive(client, ok=10, fail=10, slow=2)
+        _drive(client, ok=10, fail=10, slow=2, once=1)
         with PrometheusServer(tmp_path, scrape_targets=[address], rule_files=[rules], job="shop") as prom:
             prom.wait_for_targets_up()
             groups = {g["name"] for g in prom.rule_groups()}
@@ -192,17 +221,28 @@ def test_end_to_end_recorded_ratios_and_the_gate_against_a_real_prometheus(tmp_p
 
             # phase 1: 36 fast and 4 slow successes -> no error, 10% too slow
             _drive(client, ok=36, slow=4)
-            prom.wait_until(scraped(62), what="62 requests scraped")
+            prom.wait_until(scraped(63), what="62 requests scraped")
             prom.wait_until(settled("shop-availability", 0.0), what="availability ratio 0")
             prom.wait_until(settled("shop-latency", 0.1), what="latency ratio 0.1")
             code, report = _budget(capsys, "--prometheus", prom.url, "--slo", str(slo_file))
             assert code == 0
             assert report["shop-availability"]["budget_remaining"] == pytest.approx(1.0)
+            # missing data fails the gate; a route without requests in the window has spent nothing
+            code, report = _budget(capsys, "--prometheus", prom.url, "--slo", str(slo_file), "--slo", str(extra))
+            assert code == 1, report
+            assert (report["shop-typo"]["status"], report["shop-typo"]["passes"]) == ("NO DATA", False)
+            assert report["shop-idle"]["status"] == "no traffic" and report["shop-idle"]["passes"]
+            assert report["shop-availability"]["passes"]
+            args = ("--prometheus", prom.url, "--slo", str(slo_file), "--slo", str(extra), "--allow-no-data")
+            assert _budget(capsys, *args)[0] == 0
+            # --recorded without the recording rules of an SLO: no data, not a pass
+            code, report = _budget(capsys, "--prometheus", prom.url, "--slo", str(unrecorded), "--recorded")
+            assert code == 1 and report["shop-unrecorded"]["status"] == "NO DATA"
             assert report["shop-latency"]["budget_remaining"] == pytest.approx(0.8, abs=0.01)
 
             # phase 2: 5 failures in 100 requests -> half of a 10% budget spent
             _drive(client, ok=55, fail=5)
-            prom.wait_until(scraped(122), what="122 requests scraped")
+            prom.wait_until(scraped(123), what="122 requests scraped")
             prom.wait_until(settled("shop-availability", 0.05), what="availability ratio 0.05")
             code, report = _budget(capsys, "--prometheus", prom.url, "--slo", str(slo_file))
             assert code == 0
@@ -213,7 +253,7 @@ def test_end_to_end_recorded_ratios_and_the_gate_against_a_real_prometheus(tmp_p
 
             # phase 3: 20 more failures -> 25 of 120 requests failed, the budget is gone
             _drive(client, fail=20)
-            prom.wait_until(scraped(142), what="142 requests scraped")
+            prom.wait_until(scraped(143), what="142 requests scraped")
             prom.wait_until(settled("shop-availability", 25 / 120), what="availability ratio 25/120")
             code, report = _budget(capsys, "--prometheus", prom.url, "--slo", str(slo_file))
             assert code == 1

@@ -317,3 +317,25 @@ def test_add_buckets_validates(registry):
         ms.add_buckets(c.FUNCTION_CALLS, [0.1])
     with pytest.raises(ValueError):
         ms.add_buckets(c.HTTP_SERVER_DURATION, [float("inf")])
+
+
+@pytest.mark.parametrize("threshold", ["0.3", "0.30", "300ms", "1", "2.5", "0.0001", "1e-05", "12", "1000000"])
+def test_the_rules_le_is_exactly_the_label_the_histogram_exposes(registry, threshold):
+    """A latency SLI selects ``le="<threshold>"`` by equality: "0.3" must not become "0.30" (or "1" vs "1.0")."""
+    from bakhmach_obs.rules import sli_query
+
+    [slo] = parse_slos(
+        f"slos:\n  - {{name: l, service: api, target: 0.99, sli: {{kind: latency, threshold: {threshold}}}}}\n"
+    )
+    bakhmach_obs.configure(registry=registry, slos=[slo], log_format="none", tracing_enabled=False)
+    metric_set(registry).get(c.HTTP_SERVER_DURATION).labels("GET", "/", "200").observe(slo.threshold)
+    exposed = _le_values(registry, c.HTTP_SERVER_DURATION.name)
+    good = sli_query(slo).good
+    assert good is not None
+    le = good.split('le="')[1].split('"')[0]
+    assert le in exposed, (le, sorted(exposed))
+    sample = registry.get_sample_value(
+        f"{c.HTTP_SERVER_DURATION.name}_bucket",
+        {c.LABEL_HTTP_METHOD: "GET", c.LABEL_HTTP_ROUTE: "/", c.LABEL_HTTP_STATUS: "200", "le": le},
+    )
+    assert sample == 1.0  # an observation equal to the threshold is good (le is inclusive)

@@ -76,6 +76,7 @@ def test_layout_contains_every_part_of_the_stack(out):
         "docker-compose.yml",
         ".env",
         ".env.example",
+        ".gitignore",
         "prometheus/prometheus.yml",
         stack.RULES_FILE,
         "alertmanager/alertmanager.yml",
@@ -400,6 +401,33 @@ def test_compose_references_resolve(out):
     assert f"./grafana/dashboards:{provider['options']['path']}:ro" in services["grafana"]["volumes"]
 
 
+# What each image ships to run a healthcheck with. prom/* are built on quay.io/prometheus/busybox
+# (busybox wget, no curl); Grafana's Dockerfile installs curl on Alpine and Ubuntu alike (busybox wget
+# is not promised); the Elastic images install curl. A healthcheck calling anything else never passes,
+# and every service that depends on it with service_healthy never starts.
+_IMAGE_TOOLS = {
+    "prometheus": {"wget"},
+    "alertmanager": {"wget"},
+    "grafana": {"curl"},
+    "elasticsearch": {"curl"},
+    "kibana": {"curl"},
+    "logstash": {"curl"},
+}
+
+
+def test_healthchecks_only_call_tools_their_image_ships(out):
+    services = _load(out / "docker-compose.yml")["services"]
+    checked = {name for name, service in services.items() if "healthcheck" in service}
+    assert checked <= set(_IMAGE_TOOLS), checked - set(_IMAGE_TOOLS)  # no healthcheck on an unknown image
+    for name in checked:
+        test = services[name]["healthcheck"]["test"]
+        assert test[0] in ("CMD", "CMD-SHELL")
+        tool = test[1] if test[0] == "CMD" else test[1].split()[0]
+        assert tool in _IMAGE_TOOLS[name], f"{name}: the healthcheck runs {tool!r}, the image has {_IMAGE_TOOLS[name]}"
+        url = next(part for part in (test[1:] if test[0] == "CMD" else test[1].split()) if "localhost" in part)
+        assert "localhost:" in url
+
+
 def test_no_password_is_committed_in_compose(out):
     compose_text = (out / "docker-compose.yml").read_text(encoding="utf-8")
     env = dict(
@@ -415,6 +443,9 @@ def test_no_password_is_committed_in_compose(out):
         assert var in env, var
         assert f"{var}=" in example, var
     assert password not in example
+    # the template has no usable password (compose's ${VAR:?} refuses an empty one) and git skips .env
+    assert re.search(r"^GF_SECURITY_ADMIN_PASSWORD=$", example, re.M)
+    assert (out / ".gitignore").read_text(encoding="utf-8").splitlines() == ["/.env"]
 
 
 def test_env_file_is_private_random_and_kept_unless_forced(tmp_path):
