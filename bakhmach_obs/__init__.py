@@ -65,8 +65,10 @@ def configure(**settings: Any) -> Settings:
     Keyword arguments win over environment variables, which win over defaults; every setting,
     its variable, default and accepted values are listed in ``docs/configuration.md``. Besides
     the settings it accepts ``registry=`` (a prometheus_client ``CollectorRegistry``; default the
-    global one), ``span_processors=`` (extra OpenTelemetry span processors) and ``log_stream=``
-    (where the log handler writes; default stdout).
+    global one), ``span_processors=`` (extra OpenTelemetry span processors), ``log_stream=``
+    (where the log handler writes; default stdout), ``redaction=`` (a
+    :class:`~bakhmach_obs.redaction.RedactionPolicy`) and ``slos=`` (:class:`bakhmach_obs.slo.SLO`
+    objects; with the ``slo_file`` setting, latency thresholds become histogram bucket boundaries).
 
     Calling it again replaces the previous setup: the old tracer provider is flushed and shut down
     (within ``shutdown_timeout``), functions decorated earlier follow the new settings, and metric

@@ -75,6 +75,28 @@ def conventions_markdown() -> str:
         + ", ".join(f"{b:g}" for b in c.DURATION_BUCKETS)
         + ", +Inf.\n\n"
     )
+    out.append(f"- `{c.LABEL_RESULT}` of `health_check_runs_total`: " + ", ".join(f"`{x}`" for x in c.HEALTH_RESULTS))
+    out.append(f"; `{c.LABEL_WINDOW}` of `business_active_users`: ")
+    out.append(", ".join(f"`{x}`" for x in c.ACTIVE_USER_WINDOWS) + ".\n\n")
+    out.append("## SLO recording rules\n\n")
+    out.append(
+        "Written by `bakhmach-obs rules` for every SLO, each series labelled "
+        f"`{c.LABEL_SLO}`, `{c.LABEL_SLO_SERVICE}` and (when set) `{c.LABEL_SLO_FEATURE}`:\n\n"
+    )
+    windows = ", ".join(f"`{c.slo_sli_error(w)}`" for w in c.SLO_WINDOWS)
+    out.append(f"- {windows} and the SLO's own window: the SLI's error ratio (a ratio of increases).\n")
+    out.append(f"- `{c.SLO_SLI_EVENTS_RATE}`, `{c.SLO_SLI_ERROR_EVENTS_RATE}`: event rates the long windows sum.\n")
+    out.append(
+        f"- `{c.SLO_OBJECTIVE}`, `{c.SLO_ERROR_BUDGET}`, `{c.SLO_PERIOD_BURN_RATE}`, `{c.SLO_BUDGET_REMAINING}`.\n\n"
+    )
+    out.append("## Metrics from other exporters\n\n")
+    out.append(
+        "Generated rules and dashboards may also use these, emitted by the exporter named (tests check "
+        "that every generated expression uses only these and the metrics above):\n\n"
+    )
+    for exporter, names in c.EXTERNAL_METRICS.items():
+        out.append(f"- {exporter}: " + ", ".join(f"`{n}`" for n in names) + ".\n")
+    out.append("\n")
     out.append("## Span attributes\n\n| attribute | meaning |\n|---|---|\n")
     for a in c.SPAN_ATTRIBUTES:
         out.append(f"| `{a.key}` | {_cell(a.description)} |\n")

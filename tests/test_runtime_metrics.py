@@ -229,13 +229,23 @@ def test_gc_pauses_are_counted_per_generation_and_timed(registry, rm):
     )
 
 
-def test_gc_hook_is_removed_when_the_last_registry_closes(registry):
-    handle = runtime_metrics.register(registry)
-    assert runtime_metrics._GC in gc.callbacks
-    assert runtime_metrics.register(registry) is handle  # idempotent
-    handle.close()
-    assert runtime_metrics._GC not in gc.callbacks
-    assert not [m for m in registry.collect() if m.name == c.GC_PAUSE.name]
+def test_gc_hook_is_removed_when_the_last_registry_closes(registry, monkeypatch):
+    import weakref
+
+    # Registries configure() registered in earlier tests keep the hook; this one must be the last.
+    was_installed = runtime_metrics._GC in gc.callbacks
+    monkeypatch.setattr(runtime_metrics, "_HANDLES", weakref.WeakKeyDictionary())
+    runtime_metrics._GC.uninstall()
+    try:
+        handle = runtime_metrics.register(registry)
+        assert runtime_metrics._GC in gc.callbacks
+        assert runtime_metrics.register(registry) is handle  # idempotent
+        handle.close()
+        assert runtime_metrics._GC not in gc.callbacks
+        assert not [m for m in registry.collect() if m.name == c.GC_PAUSE.name]
+    finally:
+        if was_installed:
+            runtime_metrics._GC.install()
 
 
 # --- event loop -----------------------------------------------------------------------------------------
