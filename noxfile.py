@@ -12,7 +12,7 @@ nox.options.error_on_missing_interpreters = True
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite against real services (see tests/conftest.py for the skip policy)."""
-    session.install(".[test]")
+    session.install(".[test,docs]")
     session.run("pytest", "--durations=15", *session.posargs)
 
 
