@@ -1,8 +1,9 @@
 """The ``bakhmach-obs`` command line.
 
 Each subcommand is one :class:`Command`: a name, a one-line help, a function adding its arguments
-and a function running it. Adding one (``rules``, ``dashboards``, ``stack``, ``budget``...) means
-writing those two functions and appending a :class:`Command` to :data:`COMMANDS`.
+and a function running it. A command implemented in its own module (``rules``, ``budget``,
+``dashboards``, ``stack``) gives those as ``add_cli_arguments(parser)`` and ``run_cli(args)``, and
+:func:`_module_command` imports the module only when the command line is built.
 
 Example:
     >>> from bakhmach_obs.cli import main
@@ -13,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -132,40 +134,40 @@ def _demo_run(args: argparse.Namespace) -> int:
 # --- dashboards --------------------------------------------------------------------------------------
 
 
-def _dashboards_arguments(parser: argparse.ArgumentParser) -> None:
-    from .dashboards import add_cli_arguments
+def _module_command(module: str, help: str, description: str) -> Command:
+    """The command ``module`` implements with ``add_cli_arguments(parser)`` and ``run_cli(args)``.
 
-    add_cli_arguments(parser)
+    ``bakhmach_obs.<module>`` is imported when the command line is built or run, not when this
+    module is imported.
+    """
 
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        importlib.import_module(f"bakhmach_obs.{module}").add_cli_arguments(parser)
 
-def _dashboards_run(args: argparse.Namespace) -> int:
-    from .dashboards import run_cli
+    def run(args: argparse.Namespace) -> int:
+        return int(importlib.import_module(f"bakhmach_obs.{module}").run_cli(args))
 
-    return run_cli(args)
+    return Command(name=module, help=help, add_arguments=add_arguments, run=run, description=description)
 
 
 #: The subcommands, in help order.
 COMMANDS: tuple[Command, ...] = (
-    Command(
-        name="budget",
-        help="deployment gate: print each SLO's error budget from Prometheus, fail when one is spent",
-        description=(
+    _module_command(
+        "budget",
+        "deployment gate: print each SLO's error budget from Prometheus, fail when one is spent",
+        (
             "Query a live Prometheus for each SLO's error ratio, budget left and burn rates; exit 1 when a "
             "budget is exhausted or below --min-remaining, 3 when Prometheus cannot be queried (docs/slo.md)."
         ),
-        add_arguments=lambda parser: __import__("bakhmach_obs.budget").budget.add_cli_arguments(parser),
-        run=lambda args: int(__import__("bakhmach_obs.budget").budget.run_cli(args)),
     ),
-    Command(
-        name="dashboards",
-        help="write the Grafana dashboards generated from the naming convention",
-        description=(
+    _module_command(
+        "dashboards",
+        "write the Grafana dashboards generated from the naming convention",
+        (
             "Write five Grafana dashboards (System Overview, Application Performance, Business "
             "Metrics, Infrastructure, SLOs) as JSON files into DIR, every query built from the "
             "naming convention."
         ),
-        add_arguments=_dashboards_arguments,
-        run=_dashboards_run,
     ),
     Command(
         name="demo",
@@ -180,28 +182,24 @@ COMMANDS: tuple[Command, ...] = (
         add_arguments=_demo_arguments,
         run=_demo_run,
     ),
-    Command(
-        name="rules",
-        help="write the Prometheus rule file: SLO recording rules, burn-rate alerts, the alert catalogue",
-        description=(
+    _module_command(
+        "rules",
+        "write the Prometheus rule file: SLO recording rules, burn-rate alerts, the alert catalogue",
+        (
             "Generate Prometheus recording and alerting rules from the naming convention and SLO files: "
             "SLI error ratios per window, multi-window multi-burn-rate alerts with a low-traffic guard, "
             "and the seed's alert catalogue, as a rule file, a PrometheusRule or a sloth spec (docs/alerts.md)."
         ),
-        add_arguments=lambda parser: __import__("bakhmach_obs.rules").rules.add_cli_arguments(parser),
-        run=lambda args: int(__import__("bakhmach_obs.rules").rules.run_cli(args)),
     ),
-    Command(
-        name="stack",
-        help="write a deployable monitoring stack (Prometheus, Alertmanager, Grafana, Jaeger, ELK) for the service",
-        description=(
+    _module_command(
+        "stack",
+        "write a deployable monitoring stack (Prometheus, Alertmanager, Grafana, Jaeger, ELK) for the service",
+        (
             "Write docker-compose.yml with pinned images, prometheus.yml with the generated rules, "
             "alertmanager.yml, Grafana provisioning and dashboards, and the Logstash pipeline into "
             "a directory. A .env with a random Grafana admin password is created once and kept on "
             "later runs (unless --force)."
         ),
-        add_arguments=lambda parser: __import__("bakhmach_obs.stack").stack.add_cli_arguments(parser),
-        run=lambda args: int(__import__("bakhmach_obs.stack").stack.run_cli(args)),
     ),
 )
 
