@@ -225,8 +225,13 @@ def _suffix(spec: MetricSpec, suffix: str) -> str:
     return spec.name + suffix
 
 
-def _by(labels: Sequence[str]) -> str:
-    return f"sum by ({', '.join(labels)}) " if labels else "sum"
+def _by(labels: Sequence[str], op: str = "sum") -> str:
+    return f"{op} by ({', '.join(labels)}) " if labels else op
+
+
+def _agg(op: str, name: str, *matchers: str, by: Sequence[str] = (), scope: Sequence[str] = _SCOPE) -> str:
+    """``op by (by) (name{scope, matchers})``: a gauge aggregated with ``sum``, ``max``, ``min`` or ``avg``."""
+    return f"{_by(by, op)}({_sel(name, *matchers, scope=scope)})"
 
 
 def _rate(name: str, *matchers: str, by: Sequence[str] = (), window: str = _RATE, scope: Sequence[str] = _SCOPE) -> str:
@@ -234,8 +239,15 @@ def _rate(name: str, *matchers: str, by: Sequence[str] = (), window: str = _RATE
     return f"{_by(by)}(rate({_sel(name, *matchers, scope=scope)}[{window}]))"
 
 
-def _increase(name: str, *matchers: str, by: Sequence[str] = (), window: str = _RANGE) -> str:
-    return f"{_by(by)}(increase({_sel(name, *matchers)}[{window}]))"
+def _share(name: str, part: str, *whole: str, by: Sequence[str] = (), window: str = _RATE) -> str:
+    """The rate of ``name`` matching ``part`` over its rate matching ``whole`` (all of it when empty)."""
+    return f"{_rate(name, part, by=by, window=window)} / {_rate(name, *whole, by=by, window=window)}"
+
+
+def _increase(
+    name: str, *matchers: str, by: Sequence[str] = (), window: str = _RANGE, scope: Sequence[str] = _SCOPE
+) -> str:
+    return f"{_by(by)}(increase({_sel(name, *matchers, scope=scope)}[{window}]))"
 
 
 def _quantile(q: float, spec: MetricSpec, *matchers: str, by: Sequence[str] = (), window: str = _RATE) -> str:
@@ -298,6 +310,94 @@ def _major_units(make: Callable[[str], str]) -> tuple[str, str]:
     return " or ".join(parts), make(f'{c.LABEL_CURRENCY}!~"{known}"')
 
 
+# --- query and panel builders: the shapes the dashboards repeat -----------------------------
+
+
+def _rate_by(name: str, *matchers: str, by: Sequence[str], scope: Sequence[str] = _SCOPE, key: bool = False) -> Query:
+    """The per-second rate of ``name`` summed by ``by``, with those labels as the legend."""
+    return Query(_rate(name, *matchers, by=by, scope=scope), _legend(*by), key=key)
+
+
+def _agg_by(
+    op: str, name: str, *matchers: str, by: Sequence[str], scope: Sequence[str] = _SCOPE, key: bool = False
+) -> Query:
+    """The gauge ``name`` aggregated with ``op`` by ``by``, with those labels as the legend."""
+    return Query(_agg(op, name, *matchers, by=by, scope=scope), _legend(*by), key=key)
+
+
+def _p95_by(spec: MetricSpec, *by: str, exemplar: bool = False, key: bool = False) -> Query:
+    """The 95th percentile of the histogram ``spec`` by ``by``, with those labels as the legend."""
+    return Query(_quantile(0.95, spec, by=by), _legend(*by), exemplar=exemplar, key=key)
+
+
+def _share_by(name: str, part: str, *whole: str, by: Sequence[str], key: bool = False) -> Query:
+    """:func:`_share` by ``by``, with those labels as the legend."""
+    return Query(_share(name, part, *whole, by=by), _legend(*by), key=key)
+
+
+def _ranking(expr: str, *labels: str) -> Query:
+    """The series of ``expr`` now (an instant query), largest first, labelled by ``labels``."""
+    return Query(f"sort_desc({expr})", _legend(*labels), instant=True, key=True)
+
+
+def _money(make: Callable[[str], str], *labels: str) -> tuple[Query, Query]:
+    """:func:`_major_units` of ``make`` as two queries: major units, and other currencies' ``(minor units)``."""
+    major, minor = _major_units(make)
+    return Query(major, _legend(*labels), key=True), Query(minor, _legend(*labels) + " (minor units)")
+
+
+def _column(expr: str, key: bool = False) -> Query:
+    """A table column: an instant query in table format."""
+    return Query(expr, instant=True, format="table", key=key)
+
+
+def _stat(
+    title: str,
+    unit: str,
+    description: str,
+    *queries: Query,
+    width: int = 5,
+    thresholds: tuple[tuple[float, str], ...] = (),
+    ratio: bool = False,
+) -> Panel:
+    """A headline number, 5 high; a ``ratio`` is a share from 0 to 1."""
+    low, high = (0.0, 1.0) if ratio else (None, None)
+    return Panel(
+        title, "stat", unit, description, queries, width=width, height=5, thresholds=thresholds, min=low, max=high
+    )
+
+
+def _ratio(title: str, description: str, *queries: Query, source: str = "sdk", width: int = 12) -> Panel:
+    """A time series of shares, from 0 to 1."""
+    return Panel(title, "timeseries", "percentunit", description, queries, source=source, width=width, min=0.0, max=1.0)
+
+
+def _rates(
+    title: str,
+    unit: str,
+    description: str,
+    names: Mapping[str, str],
+    *matchers: str,
+    by: str,
+    scope: Sequence[str],
+    source: str,
+) -> Panel:
+    """A time series of one rate query per ``{legend suffix: metric name}`` summed by the label ``by``."""
+    queries = tuple(
+        Query(_rate(name, *matchers, by=(by,), scope=scope), f"{_legend(by)} {suffix}")
+        for suffix, name in names.items()
+    )
+    return Panel(title, "timeseries", unit, description, queries, source=source, width=8)
+
+
+def _top10(
+    title: str, unit: str, description: str, expr: str, by: Sequence[str], source: str, key: bool = False
+) -> Panel:
+    """A bar gauge of the ten largest series of ``expr`` now (an instant query), labelled by ``by``."""
+    query = Query(f"topk(10, {expr})", _legend(*by), instant=True, key=key)
+    return Panel(title, "bargauge", unit, description, (query,), source=source, width=6)
+
+
 # --- the dashboards ---------------------------------------------------------------------------
 
 
@@ -308,99 +408,68 @@ def _system_overview() -> Dashboard:
     fs = ('fstype!~"tmpfs|overlay|squashfs|ramfs"',)
     cpu = _ext(pc, "process_cpu_seconds_total")
     rss = _ext(pc, "process_resident_memory_bytes")
+    per_process = (_JOB, _INSTANCE)
+    containers = ("namespace", "pod", "container")
     host_row = Row(
         "Host (node_exporter)",
         (
-            Panel(
+            _ratio(
                 "CPU busy",
-                "timeseries",
-                "percentunit",
                 "Share of CPU time not idle, per host (all cores).",
-                (
-                    Query(
-                        f"1 - avg by ({_INSTANCE}) (rate("
-                        f"{_sel(_ext(node, 'node_cpu_seconds_total'), _eq('mode', 'idle'), scope=host)}[{_RATE}]))",
-                        _legend(_INSTANCE),
-                    ),
+                Query(
+                    f"1 - avg by ({_INSTANCE}) (rate("
+                    f"{_sel(_ext(node, 'node_cpu_seconds_total'), _eq('mode', 'idle'), scope=host)}[{_RATE}]))",
+                    _legend(_INSTANCE),
                 ),
                 source=node,
                 width=8,
-                min=0.0,
-                max=1.0,
             ),
-            Panel(
+            _ratio(
                 "Memory used",
-                "timeseries",
-                "percentunit",
                 "1 - MemAvailable / MemTotal per host: memory the kernel cannot hand out without swapping.",
-                (
-                    Query(
-                        f"1 - {_sel(_ext(node, 'node_memory_MemAvailable_bytes'), scope=host)} "
-                        f"/ {_sel(_ext(node, 'node_memory_MemTotal_bytes'), scope=host)}",
-                        _legend(_INSTANCE),
-                    ),
+                Query(
+                    f"1 - {_sel(_ext(node, 'node_memory_MemAvailable_bytes'), scope=host)} "
+                    f"/ {_sel(_ext(node, 'node_memory_MemTotal_bytes'), scope=host)}",
+                    _legend(_INSTANCE),
                 ),
                 source=node,
                 width=8,
-                min=0.0,
-                max=1.0,
             ),
-            Panel(
+            _ratio(
                 "Disk space used",
-                "timeseries",
-                "percentunit",
                 "Used share of each mounted filesystem (tmpfs and overlay excluded).",
-                (
-                    Query(
-                        f"1 - {_sel(_ext(node, 'node_filesystem_avail_bytes'), *fs, scope=host)} "
-                        f"/ {_sel(_ext(node, 'node_filesystem_size_bytes'), *fs, scope=host)}",
-                        _legend(_INSTANCE, "mountpoint"),
-                    ),
+                Query(
+                    f"1 - {_sel(_ext(node, 'node_filesystem_avail_bytes'), *fs, scope=host)} "
+                    f"/ {_sel(_ext(node, 'node_filesystem_size_bytes'), *fs, scope=host)}",
+                    _legend(_INSTANCE, "mountpoint"),
                 ),
                 source=node,
                 width=8,
-                min=0.0,
-                max=1.0,
             ),
-            Panel(
+            _rates(
                 "Disk throughput",
-                "timeseries",
                 "Bps",
                 "Bytes read and written per second by the host's block devices.",
-                (
-                    Query(
-                        _rate(_ext(node, "node_disk_read_bytes_total"), by=(_INSTANCE,), scope=host),
-                        _legend(_INSTANCE) + " read",
-                    ),
-                    Query(
-                        _rate(_ext(node, "node_disk_written_bytes_total"), by=(_INSTANCE,), scope=host),
-                        _legend(_INSTANCE) + " write",
-                    ),
-                ),
+                {
+                    "read": _ext(node, "node_disk_read_bytes_total"),
+                    "write": _ext(node, "node_disk_written_bytes_total"),
+                },
+                by=_INSTANCE,
+                scope=host,
                 source=node,
-                width=8,
             ),
-            Panel(
+            _rates(
                 "Network throughput",
-                "timeseries",
                 "Bps",
                 "Bytes received and transmitted per second on the host's interfaces (loopback excluded).",
-                (
-                    Query(
-                        _rate(
-                            _ext(node, "node_network_receive_bytes_total"), 'device!="lo"', by=(_INSTANCE,), scope=host
-                        ),
-                        _legend(_INSTANCE) + " receive",
-                    ),
-                    Query(
-                        _rate(
-                            _ext(node, "node_network_transmit_bytes_total"), 'device!="lo"', by=(_INSTANCE,), scope=host
-                        ),
-                        _legend(_INSTANCE) + " transmit",
-                    ),
-                ),
+                {
+                    "receive": _ext(node, "node_network_receive_bytes_total"),
+                    "transmit": _ext(node, "node_network_transmit_bytes_total"),
+                },
+                'device!="lo"',
+                by=_INSTANCE,
+                scope=host,
                 source=node,
-                width=8,
             ),
             Panel(
                 "Load average",
@@ -424,7 +493,7 @@ def _system_overview() -> Dashboard:
                 "timeseries",
                 "percentunit",
                 "CPU time of each service process per second (1.0 = one full core).",
-                (Query(_rate(cpu, by=(_JOB, _INSTANCE)), _legend(_JOB, _INSTANCE), key=True),),
+                (_rate_by(cpu, by=per_process, key=True),),
                 source=pc,
                 width=8,
             ),
@@ -433,105 +502,73 @@ def _system_overview() -> Dashboard:
                 "timeseries",
                 "bytes",
                 "Resident set size of each service process.",
-                (Query(f"sum by ({_JOB}, {_INSTANCE}) ({_sel(rss)})", _legend(_JOB, _INSTANCE), key=True),),
+                (_agg_by("sum", rss, by=per_process, key=True),),
                 source=pc,
                 width=8,
             ),
-            Panel(
+            _ratio(
                 "File descriptors used",
-                "timeseries",
-                "percentunit",
                 "Open file descriptors over the process limit; running out fails every new socket and file.",
-                (
-                    Query(
-                        f"{_sel(_ext(pc, 'process_open_fds'))} / {_sel(_ext(pc, 'process_max_fds'))}",
-                        _legend(_JOB, _INSTANCE),
-                        key=True,
-                    ),
+                Query(
+                    f"{_sel(_ext(pc, 'process_open_fds'))} / {_sel(_ext(pc, 'process_max_fds'))}",
+                    _legend(*per_process),
+                    key=True,
                 ),
                 source=pc,
                 width=8,
-                min=0.0,
-                max=1.0,
             ),
-            Panel(
+            _top10(
                 "Top processes by CPU",
-                "bargauge",
                 "percentunit",
                 "The ten scrape targets (services, exporters, Prometheus) using the most CPU over the time range.",
-                (
-                    Query(
-                        f"topk(10, {_rate(cpu, by=(_JOB, _INSTANCE), window=_RANGE, scope=_ENV_ONLY)})",
-                        _legend(_JOB, _INSTANCE),
-                        instant=True,
-                        key=True,
-                    ),
-                ),
+                _rate(cpu, by=per_process, window=_RANGE, scope=_ENV_ONLY),
+                per_process,
                 source=pc,
-                width=6,
+                key=True,
             ),
-            Panel(
+            _top10(
                 "Top processes by memory",
-                "bargauge",
                 "bytes",
                 "The ten scrape targets with the largest resident memory now.",
-                (
-                    Query(
-                        f"topk(10, sum by ({_JOB}, {_INSTANCE}) ({_sel(rss, scope=_ENV_ONLY)}))",
-                        _legend(_JOB, _INSTANCE),
-                        instant=True,
-                        key=True,
-                    ),
-                ),
+                _agg("sum", rss, by=per_process, scope=_ENV_ONLY),
+                per_process,
                 source=pc,
-                width=6,
+                key=True,
             ),
-            Panel(
+            _top10(
                 "Top containers by CPU",
-                "bargauge",
                 "percentunit",
                 "The ten containers using the most CPU over the time range (cAdvisor; 1.0 = one core).",
-                (
-                    Query(
-                        f"topk(10, sum by (namespace, pod, container) (rate("
-                        f"{_sel(_ext('cadvisor', 'container_cpu_usage_seconds_total'), _ne('container', ''), scope=())}"
-                        f"[{_RANGE}])))",
-                        _legend("namespace", "pod", "container"),
-                        instant=True,
-                    ),
+                _rate(
+                    _ext("cadvisor", "container_cpu_usage_seconds_total"),
+                    _ne("container", ""),
+                    by=containers,
+                    window=_RANGE,
+                    scope=(),
                 ),
+                containers,
                 source="cadvisor",
-                width=6,
             ),
-            Panel(
+            _top10(
                 "Top containers by memory",
-                "bargauge",
                 "bytes",
                 "The ten containers with the largest working set now (cAdvisor).",
-                (
-                    Query(
-                        "topk(10, sum by (namespace, pod, container) ("
-                        + _sel(_ext("cadvisor", "container_memory_working_set_bytes"), _ne("container", ""), scope=())
-                        + "))",
-                        _legend("namespace", "pod", "container"),
-                        instant=True,
-                    ),
+                _agg(
+                    "sum",
+                    _ext("cadvisor", "container_memory_working_set_bytes"),
+                    _ne("container", ""),
+                    by=containers,
+                    scope=(),
                 ),
+                containers,
                 source="cadvisor",
-                width=6,
             ),
             Panel(
                 "Process disk I/O",
                 "timeseries",
                 "Bps",
                 "Bytes the service processes read from and wrote to storage per second.",
-                (
-                    Query(
-                        _rate(c.PROCESS_DISK_IO.name, by=(c.LABEL_DISK_IO_DIRECTION,)),
-                        _legend(c.LABEL_DISK_IO_DIRECTION),
-                        key=True,
-                    ),
-                ),
+                (_rate_by(c.PROCESS_DISK_IO.name, by=(c.LABEL_DISK_IO_DIRECTION,), key=True),),
                 width=8,
             ),
             Panel(
@@ -539,13 +576,7 @@ def _system_overview() -> Dashboard:
                 "timeseries",
                 "iops",
                 "Read and write system calls of the service processes per second.",
-                (
-                    Query(
-                        _rate(c.PROCESS_DISK_OPERATIONS.name, by=(c.LABEL_DISK_IO_DIRECTION,)),
-                        _legend(c.LABEL_DISK_IO_DIRECTION),
-                        key=True,
-                    ),
-                ),
+                (_rate_by(c.PROCESS_DISK_OPERATIONS.name, by=(c.LABEL_DISK_IO_DIRECTION,), key=True),),
                 width=8,
             ),
             Panel(
@@ -555,13 +586,10 @@ def _system_overview() -> Dashboard:
                 "Bytes received and transmitted per second on the interfaces of the service's network namespace "
                 "(the container's; loopback excluded: sidecar traffic would count twice).",
                 (
-                    Query(
-                        _rate(
-                            c.PROCESS_NETWORK_IO.name,
-                            _ne(c.LABEL_NETWORK_INTERFACE, "lo"),
-                            by=(c.LABEL_NETWORK_IO_DIRECTION,),
-                        ),
-                        _legend(c.LABEL_NETWORK_IO_DIRECTION),
+                    _rate_by(
+                        c.PROCESS_NETWORK_IO.name,
+                        _ne(c.LABEL_NETWORK_INTERFACE, "lo"),
+                        by=(c.LABEL_NETWORK_IO_DIRECTION,),
                         key=True,
                     ),
                 ),
@@ -572,13 +600,7 @@ def _system_overview() -> Dashboard:
                 "timeseries",
                 "short",
                 "Open sockets of the service processes, by transport.",
-                (
-                    Query(
-                        f"sum by ({c.LABEL_NETWORK_TRANSPORT}) ({_sel(c.PROCESS_OPEN_CONNECTIONS.name)})",
-                        _legend(c.LABEL_NETWORK_TRANSPORT),
-                        key=True,
-                    ),
-                ),
+                (_agg_by("sum", c.PROCESS_OPEN_CONNECTIONS.name, by=(c.LABEL_NETWORK_TRANSPORT,), key=True),),
                 width=8,
             ),
             Panel(
@@ -586,7 +608,7 @@ def _system_overview() -> Dashboard:
                 "timeseries",
                 "short",
                 "Threads of each service process.",
-                (Query(_sel(c.PROCESS_THREAD_COUNT.name), _legend(_JOB, _INSTANCE), key=True),),
+                (Query(_sel(c.PROCESS_THREAD_COUNT.name), _legend(*per_process), key=True),),
                 width=8,
             ),
         ),
@@ -613,7 +635,7 @@ def _system_overview() -> Dashboard:
                 "timeseries",
                 "short",
                 "Unfinished tasks of the watched event loop; a steady climb is a task leak.",
-                (Query(_sel(c.ASYNCIO_TASKS.name), _legend(_JOB, _INSTANCE), key=True),),
+                (Query(_sel(c.ASYNCIO_TASKS.name), _legend(*per_process), key=True),),
                 width=8,
             ),
             Panel(
@@ -621,7 +643,7 @@ def _system_overview() -> Dashboard:
                 "timeseries",
                 "s",
                 "How late the event loop ran a callback scheduled for a known time: blocking code in async handlers.",
-                (Query(_sel(c.EVENT_LOOP_LAG.name), _legend(_JOB, _INSTANCE), key=True),),
+                (Query(_sel(c.EVENT_LOOP_LAG.name), _legend(*per_process), key=True),),
                 width=8,
                 thresholds=((0.1, "red"),),
             ),
@@ -646,65 +668,45 @@ def _system_overview() -> Dashboard:
 def _application(apdex_target: float) -> Dashboard:
     h = c.HTTP_SERVER_DURATION
     count, bucket = _suffix(h, "_count"), _suffix(h, "_bucket")
-    route = c.LABEL_HTTP_ROUTE
+    route, status = c.LABEL_HTTP_ROUTE, c.LABEL_HTTP_STATUS
+    per_route = (route, c.LABEL_HTTP_METHOD)
     t = apdex_target
     errors_ratio = f"({_rate(count, _5XX)} or vector(0)) / {_rate(count)}"
     overview = Row(
         "Overview",
         (
-            Panel(
-                "Throughput",
-                "stat",
-                "reqps",
-                "HTTP requests served per second.",
-                (Query(_rate(count), "req/s", key=True),),
-                width=5,
-                height=5,
-            ),
-            Panel(
+            _stat("Throughput", "reqps", "HTTP requests served per second.", Query(_rate(count), "req/s", key=True)),
+            _stat(
                 "Error rate",
-                "stat",
                 "percentunit",
                 "Share of requests answered with a 5xx status.",
-                (Query(errors_ratio, "5xx", key=True),),
-                width=5,
-                height=5,
+                Query(errors_ratio, "5xx", key=True),
                 thresholds=((0.001, "orange"), (0.01, "red")),
-                min=0.0,
-                max=1.0,
+                ratio=True,
             ),
-            Panel(
+            _stat(
                 "Latency p95",
-                "stat",
                 "s",
                 "95th percentile of the request duration.",
-                (Query(_quantile(0.95, h), "p95", key=True),),
-                width=5,
-                height=5,
+                Query(_quantile(0.95, h), "p95", key=True),
                 thresholds=((0.5, "orange"), (1.0, "red")),
             ),
-            Panel(
+            _stat(
                 f"Apdex (T = {t:g} s)",
-                "stat",
                 "none",
                 f"Apdex = (satisfied + tolerating / 2) / all requests: satisfied <= {t:g} s, "
                 f"tolerating <= {4 * t:g} s, 5xx responses count as frustrated. "
                 "Change T with `bakhmach-obs dashboards --apdex-target`.",
-                (Query(_apdex(t), "apdex", key=True),),
-                width=5,
-                height=5,
+                Query(_apdex(t), "apdex", key=True),
                 thresholds=((0.0, "red"), (0.7, "orange"), (0.85, "yellow"), (0.94, "green")),
-                min=0.0,
-                max=1.0,
+                ratio=True,
             ),
-            Panel(
+            _stat(
                 "In flight",
-                "stat",
                 "short",
                 "HTTP requests being served right now.",
-                (Query(f"sum({_sel(c.HTTP_SERVER_ACTIVE.name)})", "active", key=True),),
+                Query(_agg("sum", c.HTTP_SERVER_ACTIVE.name), "active", key=True),
                 width=4,
-                height=5,
             ),
         ),
     )
@@ -717,15 +719,7 @@ def _application(apdex_target: float) -> Dashboard:
                 "s",
                 "Requests per second in each latency bucket over time (the histogram's buckets); exemplars link "
                 "to traces.",
-                (
-                    Query(
-                        _rate(bucket, by=("le",)),
-                        _legend("le"),
-                        format="heatmap",
-                        exemplar=True,
-                        key=True,
-                    ),
-                ),
+                (Query(_rate(bucket, by=("le",)), _legend("le"), format="heatmap", exemplar=True, key=True),),
             ),
             Panel(
                 "Latency percentiles",
@@ -739,7 +733,7 @@ def _application(apdex_target: float) -> Dashboard:
                 "timeseries",
                 "s",
                 "95th percentile of the request duration per route template.",
-                (Query(_quantile(0.95, h, by=(route,)), _legend(route), exemplar=True, key=True),),
+                (_p95_by(h, route, exemplar=True, key=True),),
             ),
             Panel(
                 "Apdex over time",
@@ -763,7 +757,7 @@ def _application(apdex_target: float) -> Dashboard:
                 "timeseries",
                 "reqps",
                 "Requests per second per route template (404 scans collapse into one route).",
-                (Query(_rate(count, by=(route,)), _legend(route), key=True),),
+                (_rate_by(count, by=(route,), key=True),),
                 stacked=True,
             ),
             Panel(
@@ -771,30 +765,20 @@ def _application(apdex_target: float) -> Dashboard:
                 "timeseries",
                 "reqps",
                 "Requests per second by status code.",
-                (Query(_rate(count, by=(c.LABEL_HTTP_STATUS,)), _legend(c.LABEL_HTTP_STATUS), key=True),),
+                (_rate_by(count, by=(status,), key=True),),
                 stacked=True,
             ),
-            Panel(
+            _ratio(
                 "Error rate by route",
-                "timeseries",
-                "percentunit",
                 "Share of each route's requests answered with a 5xx status (routes without errors are absent).",
-                (Query(f"{_rate(count, _5XX, by=(route,))} / {_rate(count, by=(route,))}", _legend(route), key=True),),
-                min=0.0,
-                max=1.0,
+                _share_by(count, _5XX, by=(route,), key=True),
             ),
             Panel(
                 "Errors by status",
                 "timeseries",
                 "reqps",
                 "4xx and 5xx responses per second, by status code and route.",
-                (
-                    Query(
-                        _rate(count, f'{c.LABEL_HTTP_STATUS}=~"[45].."', by=(c.LABEL_HTTP_STATUS, route)),
-                        _legend(c.LABEL_HTTP_STATUS, route),
-                        key=True,
-                    ),
-                ),
+                (_rate_by(count, f'{status}=~"[45].."', by=(status, route), key=True),),
             ),
             Panel(
                 "Per-route summary",
@@ -802,27 +786,9 @@ def _application(apdex_target: float) -> Dashboard:
                 "short",
                 "Per route and method over the selected time range: request rate, 5xx share and latency percentiles.",
                 (
-                    Query(
-                        _rate(count, by=(route, c.LABEL_HTTP_METHOD), window=_RANGE),
-                        instant=True,
-                        format="table",
-                        key=True,
-                    ),
-                    Query(
-                        f"{_rate(count, _5XX, by=(route, c.LABEL_HTTP_METHOD), window=_RANGE)} "
-                        f"/ {_rate(count, by=(route, c.LABEL_HTTP_METHOD), window=_RANGE)}",
-                        instant=True,
-                        format="table",
-                    ),
-                    *(
-                        Query(
-                            _quantile(q, h, by=(route, c.LABEL_HTTP_METHOD), window=_RANGE),
-                            instant=True,
-                            format="table",
-                            key=True,
-                        )
-                        for q in (0.5, 0.95, 0.99)
-                    ),
+                    _column(_rate(count, by=per_route, window=_RANGE), key=True),
+                    _column(_share(count, _5XX, by=per_route, window=_RANGE)),
+                    *(_column(_quantile(q, h, by=per_route, window=_RANGE), key=True) for q in (0.5, 0.95, 0.99)),
                 ),
                 width=24,
                 height=9,
@@ -833,24 +799,18 @@ def _application(apdex_target: float) -> Dashboard:
                 "timeseries",
                 "bytes",
                 "95th percentile of response body sizes per route.",
-                (Query(_quantile(0.95, c.HTTP_SERVER_RESPONSE_SIZE, by=(route,)), _legend(route), key=True),),
+                (_p95_by(c.HTTP_SERVER_RESPONSE_SIZE, route, key=True),),
             ),
             Panel(
                 "Outgoing HTTP latency p95",
                 "timeseries",
                 "s",
                 "95th percentile of outgoing requests' duration per downstream host; exemplars link to traces.",
-                (
-                    Query(
-                        _quantile(0.95, c.HTTP_CLIENT_DURATION, by=(c.LABEL_SERVER_ADDRESS,)),
-                        _legend(c.LABEL_SERVER_ADDRESS),
-                        exemplar=True,
-                    ),
-                ),
+                (_p95_by(c.HTTP_CLIENT_DURATION, c.LABEL_SERVER_ADDRESS, exemplar=True),),
             ),
         ),
     )
-    fn = c.LABEL_FUNCTION
+    fn, calls = c.LABEL_FUNCTION, c.FUNCTION_CALLS.name
     functions = Row(
         "Instrumented functions (@instrument)",
         (
@@ -859,32 +819,21 @@ def _application(apdex_target: float) -> Dashboard:
                 "timeseries",
                 "ops",
                 "Calls per second of each instrumented function, by result (ok or error).",
-                (Query(_rate(c.FUNCTION_CALLS.name, by=(fn, c.LABEL_RESULT)), _legend(fn, c.LABEL_RESULT), key=True),),
+                (_rate_by(calls, by=(fn, c.LABEL_RESULT), key=True),),
                 width=8,
             ),
-            Panel(
+            _ratio(
                 "Function error ratio",
-                "timeseries",
-                "percentunit",
                 "Share of each function's calls that raised (functions without errors are absent).",
-                (
-                    Query(
-                        f"{_rate(c.FUNCTION_CALLS.name, _eq(c.LABEL_RESULT, c.RESULT_ERROR), by=(fn,))} "
-                        f"/ {_rate(c.FUNCTION_CALLS.name, by=(fn,))}",
-                        _legend(fn),
-                        key=True,
-                    ),
-                ),
+                _share_by(calls, _eq(c.LABEL_RESULT, c.RESULT_ERROR), by=(fn,), key=True),
                 width=8,
-                min=0.0,
-                max=1.0,
             ),
             Panel(
                 "Function latency p95",
                 "timeseries",
                 "s",
                 "95th percentile of each instrumented function's duration; exemplars link to traces.",
-                (Query(_quantile(0.95, c.FUNCTION_CALLS_DURATION, by=(fn,)), _legend(fn), exemplar=True, key=True),),
+                (_p95_by(c.FUNCTION_CALLS_DURATION, fn, exemplar=True, key=True),),
                 width=8,
             ),
         ),
@@ -897,7 +846,7 @@ def _application(apdex_target: float) -> Dashboard:
                 "timeseries",
                 "cps",
                 "Failures inside the SDK's telemetry path per second, by component (the application never saw them).",
-                (Query(_rate(c.TELEMETRY_ERRORS.name, by=(c.LABEL_COMPONENT,)), _legend(c.LABEL_COMPONENT)),),
+                (_rate_by(c.TELEMETRY_ERRORS.name, by=(c.LABEL_COMPONENT,)),),
                 width=6,
             ),
             Panel(
@@ -913,7 +862,7 @@ def _application(apdex_target: float) -> Dashboard:
                 "timeseries",
                 "cps",
                 "New label sets per second routed to a metric's overflow series: a label with unbounded values.",
-                (Query(_rate(c.METRIC_OVERFLOW.name, by=(c.LABEL_METRIC,)), _legend(c.LABEL_METRIC)),),
+                (_rate_by(c.METRIC_OVERFLOW.name, by=(c.LABEL_METRIC,)),),
                 width=6,
             ),
             Panel(
@@ -921,7 +870,7 @@ def _application(apdex_target: float) -> Dashboard:
                 "timeseries",
                 "cps",
                 "Log records the shipping handler discarded per second, by reason.",
-                (Query(_rate(c.LOG_RECORDS_DROPPED.name, by=(c.LABEL_REASON,)), _legend(c.LABEL_REASON)),),
+                (_rate_by(c.LOG_RECORDS_DROPPED.name, by=(c.LABEL_REASON,)),),
                 width=6,
             ),
         ),
@@ -945,40 +894,30 @@ def _business() -> Dashboard:
         "A currency outside the ISO 4217 table (declared with its own exponent) is shown apart, in minor "
         "units, with (minor units) in its legend."
     )
-    revenue_in_range, revenue_in_range_minor = _major_units(lambda m: _increase(rev, m, by=(cur,)))
-    average, average_minor = _major_units(lambda m: f"{_rate(rev, m, by=(cur,))} / {_rate(tx, m, by=(cur,))}")
-    per_hour, per_hour_minor = _major_units(lambda m: f"{_rate(rev, m, by=(tt, cur))} * 3600")
     money = Row(
         "Transactions and revenue",
         (
-            Panel(
+            _stat(
                 "Transactions in range",
-                "stat",
                 "short",
                 "Business transactions over the selected time range, by type.",
-                (Query(_increase(tx, by=(tt,)), _legend(tt), key=True),),
+                Query(_increase(tx, by=(tt,)), _legend(tt), key=True),
                 width=6,
-                height=5,
             ),
-            Panel(
+            _stat(
                 "Revenue in range",
-                "stat",
                 "short",
                 "Transaction amounts over the selected time range per currency, in the currency's major unit "
                 f"(minor units / 10^exponent of ISO 4217: USD / 100, JPY / 1, KWD / 1000). {money_note}",
-                (
-                    Query(revenue_in_range, _legend(cur), key=True),
-                    Query(revenue_in_range_minor, _legend(cur) + " (minor units)"),
-                ),
+                *_money(lambda m: _increase(rev, m, by=(cur,)), cur),
                 width=6,
-                height=5,
             ),
             Panel(
                 "Transactions per second",
                 "timeseries",
                 "ops",
                 "Business transactions per second by type and currency.",
-                (Query(_rate(tx, by=(tt, cur)), _legend(tt, cur), key=True),),
+                (_rate_by(tx, by=(tt, cur), key=True),),
                 width=6,
                 height=5,
                 stacked=True,
@@ -988,10 +927,7 @@ def _business() -> Dashboard:
                 "timeseries",
                 "short",
                 f"Revenue per transaction, per currency, in the currency's major unit. {money_note}",
-                (
-                    Query(average, _legend(cur), key=True),
-                    Query(average_minor, _legend(cur) + " (minor units)"),
-                ),
+                _money(lambda m: f"{_rate(rev, m, by=(cur,))} / {_rate(tx, m, by=(cur,))}", cur),
                 width=6,
                 height=5,
             ),
@@ -1001,10 +937,7 @@ def _business() -> Dashboard:
                 "short",
                 "Revenue rate per transaction type and currency, scaled to an hour, in the currency's major unit "
                 f"(not stacked: amounts in different currencies do not add up). {money_note}",
-                (
-                    Query(per_hour, _legend(tt, cur), key=True),
-                    Query(per_hour_minor, _legend(tt, cur) + " (minor units)"),
-                ),
+                _money(lambda m: f"{_rate(rev, m, by=(tt, cur))} * 3600", tt, cur),
                 width=24,
             ),
         ),
@@ -1019,13 +952,7 @@ def _business() -> Dashboard:
                 "Distinct users seen over each sliding window: a HyperLogLog estimate (1.6 % standard error), no "
                 "user id is ever a label. With several instances this is the largest instance's count, a lower "
                 "bound of the users of all (exact when a user always reaches the same instance).",
-                (
-                    Query(
-                        f"max by ({c.LABEL_WINDOW}) ({_sel(c.BUSINESS_ACTIVE_USERS.name)})",
-                        _legend(c.LABEL_WINDOW),
-                        key=True,
-                    ),
-                ),
+                (_agg_by("max", c.BUSINESS_ACTIVE_USERS.name, by=(c.LABEL_WINDOW,), key=True),),
                 width=8,
             ),
             Panel(
@@ -1033,14 +960,7 @@ def _business() -> Dashboard:
                 "bargauge",
                 "short",
                 "Uses of each declared feature over the selected time range, most used first.",
-                (
-                    Query(
-                        f"sort_desc({_increase(c.BUSINESS_FEATURE_USAGE.name, by=(feature,))})",
-                        _legend(feature),
-                        instant=True,
-                        key=True,
-                    ),
-                ),
+                (_ranking(_increase(c.BUSINESS_FEATURE_USAGE.name, by=(feature,)), feature),),
                 width=8,
             ),
             Panel(
@@ -1048,7 +968,7 @@ def _business() -> Dashboard:
                 "timeseries",
                 "ops",
                 "Uses per second of each declared feature.",
-                (Query(_rate(c.BUSINESS_FEATURE_USAGE.name, by=(feature,)), _legend(feature), key=True),),
+                (_rate_by(c.BUSINESS_FEATURE_USAGE.name, by=(feature,), key=True),),
                 width=8,
                 stacked=True,
             ),
@@ -1057,16 +977,12 @@ def _business() -> Dashboard:
                 "timeseries",
                 "short",
                 "Engagement score by segment, as last computed by the batch job.",
-                (Query(f"avg by ({seg}) ({_sel(c.BUSINESS_ENGAGEMENT_SCORE.name)})", _legend(seg), key=True),),
+                (_agg_by("avg", c.BUSINESS_ENGAGEMENT_SCORE.name, by=(seg,), key=True),),
             ),
-            Panel(
+            _ratio(
                 "Churn",
-                "timeseries",
-                "percentunit",
                 "Share of users who churned in the batch job's period, by segment.",
-                (Query(f"max by ({seg}) ({_sel(c.BUSINESS_CHURN_RATIO.name)})", _legend(seg), key=True),),
-                min=0.0,
-                max=1.0,
+                _agg_by("max", c.BUSINESS_CHURN_RATIO.name, by=(seg,), key=True),
             ),
         ),
     )
@@ -1078,7 +994,7 @@ def _business() -> Dashboard:
                 "bargauge",
                 "short",
                 "Entries into each step of the selected funnels over the time range, widest step first.",
-                (Query(f"sort_desc({steps})", _legend(funnel, step), instant=True, key=True),),
+                (_ranking(steps, funnel, step),),
             ),
             Panel(
                 "Conversion from the widest step",
@@ -1086,14 +1002,7 @@ def _business() -> Dashboard:
                 "percentunit",
                 "Entries into each step over those into the funnel's widest step (normally its first) in the "
                 "time range: the share of visitors who reached the step.",
-                (
-                    Query(
-                        f"sort_desc({steps} / on ({funnel}) group_left() max by ({funnel}) ({steps}))",
-                        _legend(funnel, step),
-                        instant=True,
-                        key=True,
-                    ),
-                ),
+                (_ranking(f"{steps} / on ({funnel}) group_left() max by ({funnel}) ({steps})", funnel, step),),
                 min=0.0,
                 max=1.0,
             ),
@@ -1102,13 +1011,7 @@ def _business() -> Dashboard:
                 "timeseries",
                 "ops",
                 "Entries per second into each funnel step.",
-                (
-                    Query(
-                        _rate(c.BUSINESS_FUNNEL_STEP.name, funnel_sel, by=(funnel, step)),
-                        _legend(funnel, step),
-                        key=True,
-                    ),
-                ),
+                (_rate_by(c.BUSINESS_FUNNEL_STEP.name, funnel_sel, by=(funnel, step), key=True),),
                 width=24,
             ),
         ),
@@ -1134,11 +1037,7 @@ def _infrastructure() -> Dashboard:
                 "timeseries",
                 "short",
                 "Pods in the selected namespaces by phase (Running, Pending, Failed...).",
-                (
-                    Query(
-                        f"sum by (phase) ({_sel(_ext(ksm, 'kube_pod_status_phase'), *ns, scope=())})", _legend("phase")
-                    ),
-                ),
+                (_agg_by("sum", _ext(ksm, "kube_pod_status_phase"), *ns, by=("phase",), scope=()),),
                 source=ksm,
                 width=6,
                 stacked=True,
@@ -1150,7 +1049,7 @@ def _infrastructure() -> Dashboard:
                 "Pods whose Ready condition is false.",
                 (
                     Query(
-                        f"sum({_sel(_ext(ksm, 'kube_pod_status_ready'), *ns, _eq('condition', 'false'), scope=())})",
+                        _agg("sum", _ext(ksm, "kube_pod_status_ready"), *ns, _eq("condition", "false"), scope=()),
                         "not ready",
                     ),
                 ),
@@ -1158,43 +1057,35 @@ def _infrastructure() -> Dashboard:
                 width=6,
                 thresholds=((1, "red"),),
             ),
-            Panel(
+            _top10(
                 "Container restarts (1 h)",
-                "bargauge",
                 "short",
                 "Pods with the most container restarts over the last hour: crash loops show here first.",
-                (
-                    Query(
-                        f"topk(10, sum by (namespace, pod) (increase("
-                        f"{_sel(_ext(ksm, 'kube_pod_container_status_restarts_total'), *ns, scope=())}[1h])))",
-                        _legend("namespace", "pod"),
-                        instant=True,
-                    ),
+                _increase(
+                    _ext(ksm, "kube_pod_container_status_restarts_total"),
+                    *ns,
+                    by=("namespace", "pod"),
+                    window="1h",
+                    scope=(),
                 ),
+                ("namespace", "pod"),
                 source=ksm,
-                width=6,
             ),
-            Panel(
+            _ratio(
                 "Deployment replicas available",
-                "timeseries",
-                "percentunit",
                 "Available replicas over desired replicas per deployment.",
-                (
-                    Query(
-                        f"{_sel(_ext(ksm, 'kube_deployment_status_replicas_available'), *ns, scope=())} "
-                        f"/ {_sel(_ext(ksm, 'kube_deployment_spec_replicas'), *ns, scope=())}",
-                        _legend("namespace", "deployment"),
-                    ),
+                Query(
+                    f"{_sel(_ext(ksm, 'kube_deployment_status_replicas_available'), *ns, scope=())} "
+                    f"/ {_sel(_ext(ksm, 'kube_deployment_spec_replicas'), *ns, scope=())}",
+                    _legend("namespace", "deployment"),
                 ),
                 source=ksm,
                 width=6,
-                min=0.0,
-                max=1.0,
             ),
         ),
     )
     db = c.DB_CLIENT_DURATION
-    pool = c.LABEL_POOL_NAME
+    system, pool = c.LABEL_DB_SYSTEM, c.LABEL_POOL_NAME
     database = Row(
         "Databases",
         (
@@ -1203,50 +1094,33 @@ def _infrastructure() -> Dashboard:
                 "timeseries",
                 "s",
                 "How far each PostgreSQL replica is behind its primary (postgres_exporter).",
-                (
-                    Query(
-                        f"max by ({_INSTANCE}) ({_sel(_ext(pg, 'pg_replication_lag_seconds'), scope=_ENV_ONLY)})",
-                        _legend(_INSTANCE),
-                    ),
-                ),
+                (_agg_by("max", _ext(pg, "pg_replication_lag_seconds"), by=(_INSTANCE,), scope=_ENV_ONLY),),
                 source=pg,
                 width=8,
                 thresholds=((30, "orange"), (300, "red")),
             ),
-            Panel(
+            _ratio(
                 "Server connections used",
-                "timeseries",
-                "percentunit",
                 "PostgreSQL backends over max_connections per server (postgres_exporter).",
-                (
-                    Query(
-                        f"sum by ({_INSTANCE}) ({_sel(_ext(pg, 'pg_stat_activity_count'), scope=_ENV_ONLY)}) "
-                        f"/ max by ({_INSTANCE}) ({_sel(_ext(pg, 'pg_settings_max_connections'), scope=_ENV_ONLY)})",
-                        _legend(_INSTANCE),
-                    ),
+                Query(
+                    f"{_agg('sum', _ext(pg, 'pg_stat_activity_count'), by=(_INSTANCE,), scope=_ENV_ONLY)} "
+                    f"/ {_agg('max', _ext(pg, 'pg_settings_max_connections'), by=(_INSTANCE,), scope=_ENV_ONLY)}",
+                    _legend(_INSTANCE),
                 ),
                 source=pg,
                 width=8,
-                min=0.0,
-                max=1.0,
             ),
-            Panel(
+            _rates(
                 "Transactions committed / rolled back",
-                "timeseries",
                 "ops",
                 "PostgreSQL transactions per second per server (postgres_exporter).",
-                (
-                    Query(
-                        _rate(_ext(pg, "pg_stat_database_xact_commit"), by=(_INSTANCE,), scope=_ENV_ONLY),
-                        _legend(_INSTANCE) + " commit",
-                    ),
-                    Query(
-                        _rate(_ext(pg, "pg_stat_database_xact_rollback"), by=(_INSTANCE,), scope=_ENV_ONLY),
-                        _legend(_INSTANCE) + " rollback",
-                    ),
-                ),
+                {
+                    "commit": _ext(pg, "pg_stat_database_xact_commit"),
+                    "rollback": _ext(pg, "pg_stat_database_xact_rollback"),
+                },
+                by=_INSTANCE,
+                scope=_ENV_ONLY,
                 source=pg,
-                width=8,
             ),
             Panel(
                 "Query latency p95",
@@ -1254,14 +1128,7 @@ def _infrastructure() -> Dashboard:
                 "s",
                 "95th percentile of database client operations per system and operation, as the service saw them; "
                 "exemplars link to traces.",
-                (
-                    Query(
-                        _quantile(0.95, db, by=(c.LABEL_DB_SYSTEM, c.LABEL_DB_OPERATION)),
-                        _legend(c.LABEL_DB_SYSTEM, c.LABEL_DB_OPERATION),
-                        exemplar=True,
-                        key=True,
-                    ),
-                ),
+                (_p95_by(db, system, c.LABEL_DB_OPERATION, exemplar=True, key=True),),
                 width=8,
             ),
             Panel(
@@ -1269,13 +1136,7 @@ def _infrastructure() -> Dashboard:
                 "timeseries",
                 "ops",
                 "Database client operations per second, by system and operation.",
-                (
-                    Query(
-                        _rate(_suffix(db, "_count"), by=(c.LABEL_DB_SYSTEM, c.LABEL_DB_OPERATION)),
-                        _legend(c.LABEL_DB_SYSTEM, c.LABEL_DB_OPERATION),
-                        key=True,
-                    ),
-                ),
+                (_rate_by(_suffix(db, "_count"), by=(system, c.LABEL_DB_OPERATION), key=True),),
                 width=8,
                 stacked=True,
             ),
@@ -1285,41 +1146,29 @@ def _infrastructure() -> Dashboard:
                 "ops",
                 "Failed database operations per second by error type.",
                 (
-                    Query(
-                        _rate(
-                            _suffix(db, "_count"),
-                            f'{c.LABEL_ERROR_TYPE}!=""',
-                            by=(c.LABEL_DB_SYSTEM, c.LABEL_ERROR_TYPE),
-                        ),
-                        _legend(c.LABEL_DB_SYSTEM, c.LABEL_ERROR_TYPE),
-                        key=True,
+                    _rate_by(
+                        _suffix(db, "_count"), _ne(c.LABEL_ERROR_TYPE, ""), by=(system, c.LABEL_ERROR_TYPE), key=True
                     ),
                 ),
                 width=8,
             ),
-            Panel(
+            _ratio(
                 "Pool utilisation",
-                "timeseries",
-                "percentunit",
                 "Connections in use over the pool's maximum, per client-side pool; at 1.0 checkouts wait.",
-                (
-                    Query(
-                        f"sum by ({pool}) ({_sel(c.DB_CONNECTION_COUNT.name, _eq(c.LABEL_POOL_STATE, 'used'))}) "
-                        f"/ sum by ({pool}) ({_sel(c.DB_CONNECTION_MAX.name)})",
-                        _legend(pool),
-                        key=True,
-                    ),
+                Query(
+                    f"{_agg('sum', c.DB_CONNECTION_COUNT.name, _eq(c.LABEL_POOL_STATE, 'used'), by=(pool,))} "
+                    f"/ {_agg('sum', c.DB_CONNECTION_MAX.name, by=(pool,))}",
+                    _legend(pool),
+                    key=True,
                 ),
                 width=8,
-                min=0.0,
-                max=1.0,
             ),
             Panel(
                 "Pool checkout wait p95",
                 "timeseries",
                 "s",
                 "95th percentile of the time to get a connection from each pool.",
-                (Query(_quantile(0.95, c.DB_CONNECTION_WAIT, by=(pool,)), _legend(pool), key=True),),
+                (_p95_by(c.DB_CONNECTION_WAIT, pool, key=True),),
                 width=8,
             ),
             Panel(
@@ -1327,7 +1176,7 @@ def _infrastructure() -> Dashboard:
                 "timeseries",
                 "cps",
                 "Checkouts per second that timed out waiting for a connection.",
-                (Query(_rate(c.DB_CONNECTION_TIMEOUTS.name, by=(pool,)), _legend(pool)),),
+                (_rate_by(c.DB_CONNECTION_TIMEOUTS.name, by=(pool,)),),
                 width=8,
             ),
         ),
@@ -1337,29 +1186,18 @@ def _infrastructure() -> Dashboard:
     cache = Row(
         "Caches",
         (
-            Panel(
+            _ratio(
                 "Cache hit ratio",
-                "timeseries",
-                "percentunit",
                 "Hits over lookups (hits + misses) per cache.",
-                (
-                    Query(
-                        f"{_rate(co, _eq(result, 'hit'), by=(cache_name,))} "
-                        f"/ {_rate(co, _re(result, 'hit|miss'), by=(cache_name,))}",
-                        _legend(cache_name),
-                        key=True,
-                    ),
-                ),
+                _share_by(co, _eq(result, "hit"), _re(result, "hit|miss"), by=(cache_name,), key=True),
                 width=8,
-                min=0.0,
-                max=1.0,
             ),
             Panel(
                 "Cache operations",
                 "timeseries",
                 "ops",
                 "Cache operations per second by cache and result (hit, miss, ok, error).",
-                (Query(_rate(co, by=(cache_name, result)), _legend(cache_name, result), key=True),),
+                (_rate_by(co, by=(cache_name, result), key=True),),
                 width=8,
                 stacked=True,
             ),
@@ -1368,13 +1206,7 @@ def _infrastructure() -> Dashboard:
                 "timeseries",
                 "s",
                 "95th percentile of cache operations per cache and operation.",
-                (
-                    Query(
-                        _quantile(0.95, c.CACHE_DURATION, by=(cache_name, c.LABEL_CACHE_OPERATION)),
-                        _legend(cache_name, c.LABEL_CACHE_OPERATION),
-                        key=True,
-                    ),
-                ),
+                (_p95_by(c.CACHE_DURATION, cache_name, c.LABEL_CACHE_OPERATION, key=True),),
                 width=8,
             ),
         ),
@@ -1388,7 +1220,7 @@ def _infrastructure() -> Dashboard:
                 "timeseries",
                 "short",
                 "Messages waiting per queue, as last reported by the broker.",
-                (Query(f"max by ({dest}) ({_sel(c.MESSAGING_QUEUE_DEPTH.name)})", _legend(dest), key=True),),
+                (_agg_by("max", c.MESSAGING_QUEUE_DEPTH.name, by=(dest,), key=True),),
                 width=6,
             ),
             Panel(
@@ -1396,7 +1228,7 @@ def _infrastructure() -> Dashboard:
                 "timeseries",
                 "s",
                 "Age of the oldest waiting message per queue (alert above 5 minutes).",
-                (Query(f"max by ({dest}) ({_sel(c.MESSAGING_QUEUE_LAG.name)})", _legend(dest), key=True),),
+                (_agg_by("max", c.MESSAGING_QUEUE_LAG.name, by=(dest,), key=True),),
                 width=6,
                 thresholds=((300, "red"),),
             ),
@@ -1416,14 +1248,7 @@ def _infrastructure() -> Dashboard:
                 "timeseries",
                 "s",
                 "95th percentile of the time to process one consumed message; exemplars link to traces.",
-                (
-                    Query(
-                        _quantile(0.95, c.MESSAGING_PROCESS_DURATION, by=(dest,)),
-                        _legend(dest),
-                        exemplar=True,
-                        key=True,
-                    ),
-                ),
+                (_p95_by(c.MESSAGING_PROCESS_DURATION, dest, exemplar=True, key=True),),
                 width=6,
             ),
         ),
@@ -1437,7 +1262,7 @@ def _infrastructure() -> Dashboard:
                 "stat",
                 "none",
                 "Latest result of each health check: 1 passed, 0 failed or timed out (worst instance shown).",
-                (Query(f"min by ({check}) ({_sel(c.HEALTH_CHECK_STATUS.name)})", _legend(check), key=True),),
+                (_agg_by("min", c.HEALTH_CHECK_STATUS.name, by=(check,), key=True),),
                 thresholds=((0, "red"), (1, "green")),
                 min=0.0,
                 max=1.0,
@@ -1447,13 +1272,7 @@ def _infrastructure() -> Dashboard:
                 "timeseries",
                 "ops",
                 "Health-check runs per second by check and result (pass, fail, timeout).",
-                (
-                    Query(
-                        _rate(c.HEALTH_CHECK_RUNS.name, by=(check, c.LABEL_RESULT)),
-                        _legend(check, c.LABEL_RESULT),
-                        key=True,
-                    ),
-                ),
+                (_rate_by(c.HEALTH_CHECK_RUNS.name, by=(check, c.LABEL_RESULT), key=True),),
                 stacked=True,
             ),
         ),
@@ -1500,16 +1319,9 @@ def _slo() -> Dashboard:
                 "percentunit",
                 "Per SLO: objective, error budget, budget remaining and the burn rate over the SLO window "
                 "(1 = spending exactly the budget).",
-                (
-                    *(
-                        Query(f"max by ({slo}, {c.LABEL_SLO_SERVICE}) ({name})", instant=True, format="table", key=True)
-                        for name in (
-                            rec(c.SLO_OBJECTIVE),
-                            budget,
-                            rec(c.SLO_BUDGET_REMAINING),
-                            rec(c.SLO_PERIOD_BURN_RATE),
-                        )
-                    ),
+                tuple(
+                    _column(f"max by ({slo}, {c.LABEL_SLO_SERVICE}) ({name})", key=True)
+                    for name in (rec(c.SLO_OBJECTIVE), budget, rec(c.SLO_BUDGET_REMAINING), rec(c.SLO_PERIOD_BURN_RATE))
                 ),
                 width=16,
                 columns=(
