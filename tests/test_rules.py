@@ -581,3 +581,26 @@ def test_generate_reads_slo_files_for_the_stack_generator(tmp_path):
     doc = generate(slo_file=slo)
     assert [g["name"] for g in doc["groups"]][:2] == ["bakhmach_slo_api-availability", "bakhmach_slo_api-latency"]
     assert generate(slo_file=[slo], catalogue_alerts=False) == generate(slo_file=str(slo), catalogue_alerts=False)
+
+
+def test_the_example_slo_file_holds_the_seeds_three_slos_and_generates_valid_rules(tmp_path, capsys):
+    from datetime import timedelta
+
+    from bakhmach_obs.slo import error_budget, load_slos
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "slo.yaml"
+    slos = {s.name: s for s in load_slos(example)}
+    assert {(s.sli, s.target, s.threshold) for s in slos.values()} == {
+        ("availability", 0.999, None),
+        ("latency", 0.99, 0.5),
+        ("success_ratio", 0.99, None),
+    }
+    availability = slos["backend-availability"]
+    assert error_budget(availability.target, availability.window) == timedelta(minutes=43, seconds=12)  # not 9h26m
+    out = tmp_path / "rules.yml"
+    assert main(["rules", "--slo", str(example), "--strict-buckets", "-o", str(out)]) == 0  # 0.5 s is a bucket
+    capsys.readouterr()
+    result = _promtool("check", "rules", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    recorded = {r.get("record") for r in _all_rules(yaml.safe_load(out.read_text()))}
+    assert c.slo_sli_error("30d") in recorded
