@@ -129,7 +129,8 @@ def configuration_markdown() -> str:
     out.append(
         "\nBesides these settings `configure()` accepts `registry=` (a prometheus_client "
         "`CollectorRegistry`, default the global one), `span_processors=` (extra OpenTelemetry "
-        "span processors) and `log_stream=` (where the log handler writes, default stdout).\n\n"
+        "span processors), `log_stream=` (where the log handler writes, default stdout), `redaction=` (a "
+        "`RedactionPolicy`) and `slos=` (`bakhmach_obs.slo.SLO` objects, like the `slo_file` setting).\n\n"
         "The OTLP exporter also reads its standard variables for what is not listed here "
         "(`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_COMPRESSION`, certificates).\n"
     )

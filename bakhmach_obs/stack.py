@@ -114,7 +114,7 @@ class StackOptions:
             Prometheus container (``host.docker.internal`` is the Docker host, on Linux too).
         job: the Prometheus job name of the service (the seed's ``backend``).
         metrics_path: the path of the exposition endpoint.
-        slo_file: an SLO YAML file passed to the rule generator (its built-in SLOs when ``None``).
+        slo_file: an SLO YAML file passed to the rule generator (only the alert catalogue, no SLO rules, when ``None``).
         webhook_url: where Alertmanager posts every alert (a placeholder by default).
         page_webhook_url: where page-severity alerts go instead, when set.
         publish_address: host address the stack's ports are published on; loopback by default,
