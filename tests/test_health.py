@@ -347,6 +347,12 @@ def test_a_hung_sync_check_times_out_keeps_its_one_thread_and_reports_timeout_ag
             assert again.body()["services"]["database"] == "timeout"
         assert len(calls) == 1  # no new run while the hung one holds the slot
         assert threading.active_count() <= threads_before + 1
+        # each timeout is observed at the check's timeout, not at the hung run's growing age
+        registry = health.registry
+        count = registry.get_sample_value(f"{c.HEALTH_CHECK_DURATION.name}_count", {"check": "database"})
+        total = registry.get_sample_value(f"{c.HEALTH_CHECK_DURATION.name}_sum", {"check": "database"})
+        assert count is not None and count >= 2 and total is not None
+        assert total <= count * 0.2 + 0.2  # the first one, from the run itself, may exceed it slightly
     finally:
         release.set()
     deadline = time.monotonic() + 2

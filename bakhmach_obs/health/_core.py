@@ -668,8 +668,9 @@ class HealthChecks:
                     pass  # join the in-flight run
                 elif run.outcome is None:
                     expired = run
-                else:  # still hanging after its timeout: due again, and a timeout again
-                    hung = check.outcome("fail", "timeout", "timeout", now - run.started)
+                else:  # still hanging after its timeout: due again, and a timeout again, recorded at
+                    # the timeout (not the growing age of the one hung run, which would skew the histogram)
+                    hung = check.outcome("fail", "timeout", "timeout", check.timeout)
                     check.last, check.last_at = hung, now
             if expired is not None:
                 results[check.name] = self._expire(check, expired)
