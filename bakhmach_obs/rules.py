@@ -770,7 +770,25 @@ def run_cli(args: Any) -> int:
                 file=sys.stderr,
             )
         options: dict[str, Any] = {"runbook_base_url": args.runbook_base_url}
-        if args.format != "sloth":
+        if args.format == "sloth":
+            ignored = [
+                flag
+                for flag, used in (
+                    ("--set", bool(args.set)),
+                    ("--disable", bool(args.disable)),
+                    ("--no-catalogue", args.no_catalogue),
+                    ("--min-rate", args.min_rate != DEFAULT_MIN_RATE),
+                    ("--strict-buckets", args.strict_buckets),
+                )
+                if used
+            ]
+            if ignored:  # sloth generates its own alerts and has no catalogue: say so instead of dropping them
+                print(
+                    f"warning: {', '.join(ignored)} do not apply to --format sloth (sloth writes its own "
+                    "burn-rate alerts; the alert catalogue is only in the prometheus and operator formats)",
+                    file=sys.stderr,
+                )
+        else:
             options.update(
                 catalogue_alerts=not args.no_catalogue, overrides=_parse_sets(args.set, args.disable),
                 min_rate=args.min_rate, strict_buckets=args.strict_buckets,

@@ -561,7 +561,11 @@ def test_cli_writes_each_format_and_promtool_accepts_it(tmp_path, capsys):
         namespace="mon",
     )  # fmt: skip
     assert main(["rules", "--slo", str(slo), "--format", "sloth"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["service"] == "api"
+    captured = capsys.readouterr()
+    assert yaml.safe_load(captured.out)["service"] == "api"
+    assert "do not apply" not in captured.err
+    assert main(["rules", "--slo", str(slo), "--format", "sloth", "--set", "HighErrorRate.threshold=0.1"]) == 0
+    assert "warning: --set do not apply to --format sloth" in capsys.readouterr().err
     assert main(["rules", "--slo", str(slo), "--strict-buckets"]) == 2
     assert "threshold" in capsys.readouterr().err
 
