@@ -25,6 +25,7 @@ from starlette.routing import Mount
 from bakhmach_obs.health import HealthChecks, rabbitmq_check, redis_check, sql_check, tcp_check
 
 from .conftest import need
+from .tcp_proxy import TcpProxy
 
 PG = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
@@ -50,71 +51,6 @@ def services():
     need(_up(PG), "PostgreSQL is not running on 127.0.0.1:5432")
     need(_up(REDIS), "Redis is not running on 127.0.0.1:6379")
     need(_up(AMQP), "RabbitMQ is not running on 127.0.0.1:5672")
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a real service; ``stop()`` refuses and cuts, ``start()`` serves again."""
-
-    def __init__(self, target):
-        self.target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self._listener = None
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-
-    def start(self):
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._listener.settimeout(0.05)
-        self._thread = threading.Thread(target=self._accept, args=(self._listener,), daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
-            self._thread.join(2)  # the port is free once accept() has returned
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def _accept(self, listener):
-        while self._listener is listener:
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=2)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            client.settimeout(None)
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
 
 
 class Hanging:

@@ -30,6 +30,8 @@ from bakhmach_obs.rabbitmq import (
 )
 from bakhmach_obs.testing import Capture, capture
 
+from .tcp_proxy import TcpProxy
+
 try:  # tests/ as a rootdir-relative directory (pytest's default "prepend" import mode)
     from conftest import need
 except ImportError:  # pragma: no cover
@@ -345,74 +347,11 @@ def test_collector_refused_connection_keeps_running_counts_errors_and_stops_in_t
     assert cap.sample("bakhmach_obs_telemetry_errors_total", component="messaging") >= 3
 
 
-class _Proxy:
-    """A TCP proxy in front of RabbitMQ whose connections can be cut, and new ones refused."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.upstream = (host, port)
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.server.settimeout(0.1)
-        self.port = self.server.getsockname()[1]
-        self.accepting = True
-        self.sockets: list[socket.socket] = []
-        self.threads: list[threading.Thread] = []
-        self.closed = False
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.server.accept()
-            except (TimeoutError, OSError):
-                continue
-            if not self.accepting:
-                client.close()
-                continue
-            upstream = socket.create_connection(self.upstream)
-            with self.lock:
-                self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                t = threading.Thread(target=self._pump, args=(a, b), daemon=True)
-                self.threads.append(t)
-                t.start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for s in sockets:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-        for t in self.threads:
-            t.join(2)
-        for s in sockets:
-            s.close()
-
-    def close(self) -> None:
-        self.closed = True
-        self.thread.join(2)
-        self.server.close()
-        self.cut()
-
-
 def test_collector_survives_a_broker_outage(broker, connection, queue):
     channel = connection.channel()
     _publish(channel, queue, 2)
     channel.close()
-    proxy = _Proxy(HOST, PORT)
+    proxy = TcpProxy((HOST, PORT)).start()
     try:
         with capture() as cap:
             collector = QueueDepthCollector(
@@ -420,19 +359,18 @@ def test_collector_survives_a_broker_outage(broker, connection, queue):
             ).start()
             try:
                 _wait(lambda: collector.polls >= 2)
-                proxy.accepting = False  # the broker "restarts": connections cut, new ones refused
-                proxy.cut()
+                proxy.stop()  # the broker "restarts": connections cut, new ones refused
                 _wait(lambda: collector.errors >= 2)
                 assert collector.running
                 polls = collector.polls
-                proxy.accepting = True  # back up: the collector reconnects by itself
+                proxy.start()  # back up: the collector reconnects by itself
                 _wait(lambda: collector.polls > polls + 1)
             finally:
                 assert collector.stop(3.0)
             assert _gauges(cap, queue)[0] == 2
             assert cap.sample("bakhmach_obs_telemetry_errors_total", component="messaging") >= 2
     finally:
-        proxy.close()
+        proxy.stop()
 
 
 def test_collector_missing_queue_is_reported_and_skipped(broker, queue):
