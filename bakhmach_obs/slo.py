@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -68,6 +69,7 @@ SLI_KINDS = tuple(SLI_SOURCES)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DURATION_PART = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
+_MAX_WINDOW_SECONDS = timedelta.max.total_seconds()
 _UNIT_SECONDS = {"y": 365 * 86400.0, "w": 7 * 86400.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
@@ -142,8 +144,11 @@ def error_budget(target: float, window: str | float | timedelta = DEFAULT_WINDOW
     elif isinstance(window, str):
         seconds = parse_duration(window)
     else:
-        seconds = float(window)
-    if not seconds > 0 or math.isinf(seconds):
+        try:
+            seconds = float(window)
+        except OverflowError:  # an int beyond the float range: refused below like infinity
+            seconds = math.inf
+    if not 0 < seconds <= _MAX_WINDOW_SECONDS:  # NaN, infinity and beyond what a timedelta holds too
         raise ValueError(f"the window must be a positive duration, got {window!r}")
     return timedelta(seconds=round((1.0 - target) * seconds, 6))
 
@@ -324,13 +329,18 @@ class _Reader:
 
     def __init__(self, text: str, source: str) -> None:
         self.source = source
-        self.loader = yaml.SafeLoader(text)
         try:
+            self.loader = yaml.SafeLoader(text)  # checks the characters: raises ReaderError too
             self.root = self.loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 1
             raise SLOFileError(source, line, "(syntax)", str(exc.problem), "valid YAML") from None
+        except yaml.reader.ReaderError as exc:  # a control character: no mark, a position
+            line = text.count("\n", 0, exc.position) + 1
+            raise SLOFileError(
+                source, line, "(syntax)", exc.character, "YAML text without control characters"
+            ) from None
         except yaml.YAMLError as exc:
             raise SLOFileError(source, 1, "(syntax)", str(exc), "valid YAML") from None
 
@@ -338,15 +348,27 @@ class _Reader:
         line = node.start_mark.line + 1 if node is not None else 1
         return SLOFileError(self.source, line, path, value, accepted)
 
-    def value(self, node: yaml.Node) -> Any:
-        return self.loader.construct_object(node, deep=True)
+    def value(self, node: yaml.Node, path: str) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (yaml.YAMLError, ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:
+            # an explicit tag on a malformed scalar (!!float x, !!timestamp 2001-13-45, !!binary %)
+            # makes PyYAML's constructors raise any of these
+            raise self.error(
+                node, path, node.value if isinstance(node, yaml.ScalarNode) else node.tag, str(exc)
+            ) from None
 
     def mapping(self, node: yaml.Node | None, path: str, keys: Sequence[str]) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, path or "(top level)", None if node is None else self.value(node), "a mapping")
+            raise self.error(
+                node,
+                path or "(top level)",
+                None if node is None else self.value(node, path or "(top level)"),
+                "a mapping",
+            )
         out: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
-            key = self.value(key_node)
+            key = self.value(key_node, path or "(top level)")
             if key not in keys:
                 raise self.error(key_node, f"{path}.{key}" if path else str(key), key, "one of " + ", ".join(keys))
             if key in out:
@@ -359,14 +381,14 @@ class _Reader:
 
 
 def _str(r: _Reader, node: yaml.Node, path: str) -> str:
-    value = r.value(node)
+    value = r.value(node, path)
     if not isinstance(value, str) or not value.strip():
         raise r.error(node, path, value, "a non-empty string")
     return value.strip()
 
 
 def _target(r: _Reader, node: yaml.Node, path: str) -> float:
-    value = r.value(node)
+    value = r.value(node, path)
     accepted = "a number strictly between 0 and 1 (0.999) or a percentage string ('99.9%')"
     number: float | None = None
     if isinstance(value, str) and value.strip().endswith("%"):
@@ -374,7 +396,7 @@ def _target(r: _Reader, node: yaml.Node, path: str) -> float:
             number = round(float(value.strip()[:-1]) / 100.0, 12)
         except ValueError:
             number = None
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:  # no float() of a huge int
         number = float(value)
     if number is None or not 0.0 < number < 1.0:
         raise r.error(node, path, value, accepted)
@@ -382,7 +404,7 @@ def _target(r: _Reader, node: yaml.Node, path: str) -> float:
 
 
 def _window(r: _Reader, node: yaml.Node, path: str) -> str:
-    value = r.value(node)
+    value = r.value(node, path)
     try:
         parse_duration(value)
     except ValueError:
@@ -391,9 +413,9 @@ def _window(r: _Reader, node: yaml.Node, path: str) -> str:
 
 
 def _threshold(r: _Reader, node: yaml.Node, path: str) -> float:
-    value = r.value(node)
+    value = r.value(node, path)
     accepted = "a positive number of seconds (0.5) or a duration ('500ms', '1s')"
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= sys.float_info.max:
         return float(value)
     if isinstance(value, str):
         try:  # YAML 1.1 reads 1e-05 (no dot) as a string
@@ -410,7 +432,7 @@ def _threshold(r: _Reader, node: yaml.Node, path: str) -> float:
 
 
 def _selector(r: _Reader, node: yaml.Node, path: str) -> dict[str, str]:
-    value = r.value(node)
+    value = r.value(node, path)
     if (
         not isinstance(value, dict)
         or not value
@@ -445,12 +467,12 @@ def _one_slo(r: _Reader, node: yaml.Node, path: str, defaults: dict[str, Any]) -
         sli = r.mapping(sli_node, f"{path}.sli", _SLI_KEYS)
         if "kind" not in sli:
             raise r.error(sli_node, f"{path}.sli.kind", None, "one of " + ", ".join(SLI_KINDS))
-    kind = r.value(sli["kind"])
-    if kind not in SLI_SOURCES:
+    kind = r.value(sli["kind"], f"{path}.sli.kind")
+    if not isinstance(kind, str) or kind not in SLI_SOURCES:
         raise r.error(sli["kind"], f"{path}.sli.kind", kind, ", ".join(SLI_KINDS))
     kwargs["sli"] = kind
     if "source" in sli:
-        source = r.value(sli["source"])
+        source = r.value(sli["source"], f"{path}.sli.source")
         if source not in SLI_SOURCES[kind]:
             raise r.error(sli["source"], f"{path}.sli.source", source, f"for {kind}: " + ", ".join(SLI_SOURCES[kind]))
         kwargs["source"] = source
@@ -459,7 +481,12 @@ def _one_slo(r: _Reader, node: yaml.Node, path: str, defaults: dict[str, Any]) -
             raise r.error(sli_node, f"{path}.sli.threshold", None, "a threshold (latency SLIs need one)")
         kwargs["threshold"] = _threshold(r, sli["threshold"], f"{path}.sli.threshold")
     elif "threshold" in sli:
-        raise r.error(sli["threshold"], f"{path}.sli.threshold", r.value(sli["threshold"]), "only for latency SLIs")
+        raise r.error(
+            sli["threshold"],
+            f"{path}.sli.threshold",
+            r.value(sli["threshold"], f"{path}.sli.threshold"),
+            "only for latency SLIs",
+        )
     try:
         return SLO(**kwargs)
     except ConfigurationError as exc:  # a constraint the field parsers did not cover
@@ -489,8 +516,8 @@ def parse_slos(text: str, *, source: str = "<string>") -> list[SLO]:
         if r.root is None:
             raise SLOFileError(source, 1, "slos", None, "a mapping with a 'slos' list")
         top = r.mapping(r.root, "", _TOP_KEYS)
-        if "version" in top and r.value(top["version"]) != 1:
-            raise r.error(top["version"], "version", r.value(top["version"]), "1")
+        if "version" in top and r.value(top["version"], "version") != 1:
+            raise r.error(top["version"], "version", r.value(top["version"], "version"), "1")
         defaults: dict[str, Any] = {}
         if "defaults" in top:
             dkeys = r.mapping(top["defaults"], "defaults", _DEFAULT_KEYS)
@@ -502,7 +529,7 @@ def parse_slos(text: str, *, source: str = "<string>") -> list[SLO]:
                 defaults["selector"] = _selector(r, dkeys["selector"], "defaults.selector")
         items = top.get("slos")
         if not isinstance(items, yaml.SequenceNode) or not items.value:
-            value = None if items is None else r.value(items)
+            value = None if items is None else r.value(items, "slos")
             raise r.error(items if items is not None else r.root, "slos", value, "a non-empty list of SLOs")
         slos: list[SLO] = []
         seen: set[str] = set()

@@ -192,7 +192,7 @@ class HealthReport:
                 entry["observedValue"] = o.observed_value
                 if o.observed_unit:
                     entry["observedUnit"] = o.observed_unit
-            if status != "pass":
+            if status != "pass" and o.state != "connected":  # a warning that passed has no failure state
                 entry["output"] = o.state
             checks[f"{o.name}:{o.measurement}"] = [entry]
             if verbose:
