@@ -44,7 +44,7 @@ class _RateLimitedLog:
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, component: str, exc: BaseException) -> None:
+    def __call__(self, component: str, exc: BaseException, redact: Callable[[str], str] | None = None) -> None:
         now = time.monotonic()
         with self._lock:
             last = self._last.get(component)
@@ -53,11 +53,14 @@ class _RateLimitedLog:
                 return
             self._last[component] = now
             held = self._held.pop(component, 0)
+        # An exporter's or driver's message may carry an endpoint with credentials: redact it in the
+        # record itself, since the application's own handlers may see it too.
+        text = redact(str(exc)) if redact is not None else str(exc)
         token = SUPPRESSED.set(True)
         try:
             _log.warning(
                 "telemetry failure in %s (caught; the application is unaffected): %s: %s%s",
-                component, type(exc).__name__, exc,
+                component, type(exc).__name__, text,
                 f" ({held} more since the last report)" if held else "",
             )  # fmt: skip
         finally:
@@ -108,7 +111,7 @@ class Runtime:
         """Count a caught telemetry failure and log it at a limited rate. Never raises."""
         try:
             self.metric_set.get(conventions.TELEMETRY_ERRORS).labels(component).inc()
-            _rate_limited(component, exc)
+            _rate_limited(component, exc, self.redaction.redact_text)
         except Exception:  # noqa: BLE001 - the error reporter itself must never fail the app
             pass
 

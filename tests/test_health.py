@@ -852,3 +852,19 @@ def test_http_check_answers_from_the_status_line_without_reading_an_endless_body
         stop.set()
         server.close()
         thread.join(2)
+
+
+def test_a_failing_checks_secret_is_redacted_in_the_log_record_itself(caplog):
+    def database():
+        raise ConnectionError("could not connect to postgresql://app:S3cr3tPass@db:5432/shop")
+
+    health = HealthChecks(registry=CollectorRegistry())
+    health.add("database", database)
+    with caplog.at_level(logging.WARNING, logger="bakhmach_obs.health"):
+        report = asyncio.run(health.ready())
+    assert report.status_code == 503
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert failed, caplog.records
+    # the raw record (what any handler of the application sees), not only the SDK's JSON output
+    assert all("S3cr3tPass" not in r.getMessage() for r in caplog.records)
+    assert "REDACTED" in failed[0].getMessage()

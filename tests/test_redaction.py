@@ -806,3 +806,18 @@ def test_concurrent_use_is_safe():
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_the_sdks_own_failure_warnings_are_redacted_in_the_record(caplog, monkeypatch):
+    """A telemetry failure's text (an exporter endpoint with credentials) never reaches any handler raw."""
+    import logging
+
+    from bakhmach_obs import _runtime
+
+    monkeypatch.setattr(_runtime._rate_limited, "_last", {})  # forget warnings earlier tests logged
+    rt = _runtime.current()
+    with caplog.at_level(logging.WARNING, logger="bakhmach_obs"):
+        rt.report_error("exporter", ConnectionError("POST https://svc:Hunter2pass@collector:4318/v1/traces refused"))
+    messages = [r.getMessage() for r in caplog.records if "telemetry failure" in r.getMessage()]
+    assert messages, caplog.records
+    assert "Hunter2pass" not in messages[0] and "REDACTED" in messages[0]

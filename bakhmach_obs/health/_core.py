@@ -903,7 +903,9 @@ class HealthChecks:
         if exc is not None:
             cause = exc.__cause__ or exc
             extra["error_type"] = f"{type(cause).__module__}.{type(cause).__qualname__}"
-            detail = f": {type(cause).__name__}: {str(cause)[:300]}"
+            # Redacted here, not only by the SDK's formatter: the record may reach the application's
+            # own handlers, and a driver's message often carries a connection string with a password.
+            detail = rt.redaction.redact_text(f": {type(cause).__name__}: {str(cause)[:300]}")
         _log.warning("health check %r failed: %s%s", check.name, outcome.state, detail, extra=extra)
 
 
