@@ -50,8 +50,6 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from .conventions import EXPORTER_PORTS, LABEL_DEPLOYMENT_ENVIRONMENT, LABEL_SLO, LABEL_SLO_SERVICE
 from .errors import ConfigurationError
 
@@ -187,16 +185,10 @@ class WriteResult:
 # --- the individual files ---------------------------------------------------------------------
 
 
-class _Dumper(yaml.SafeDumper):
-    """Plain YAML for people: no ``&id001`` anchors when one list appears twice."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
 def _yaml(data: Any, header: str = "") -> str:
-    body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000, allow_unicode=True)
-    return header + body
+    from ._yaml import dump
+
+    return header + dump(data)
 
 
 def _comment(text: str) -> str:
