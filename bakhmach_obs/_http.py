@@ -34,7 +34,7 @@ from . import _runtime
 from . import conventions as c
 from .context import CORRELATION_ID, SUPPRESSED
 from .logs import exception_type_name
-from .metrics import GaugeCell, HistogramCell, _LazyExemplar
+from .metrics import GaugeCell, HistogramCell
 
 __all__ = [
     "DEFAULT_EXCLUDED_PATHS",
@@ -435,11 +435,8 @@ class Exchange:
             if b.duration is not None:
                 duration, size_out, size_in = b.route_cells(self.method, route, status)
                 i = duration.observe(latency)
-                span = self.span
-                if span is not None and b.exemplars and duration.lock is not None:
-                    ctx = span.get_span_context()
-                    if ctx.trace_flags.sampled:  # a trace_id exemplar only when the trace exists
-                        duration.buckets[i].set_exemplar(_LazyExemplar(ctx.trace_id, ctx.span_id, latency, time.time()))
+                if self.span is not None and b.exemplars:
+                    duration.exemplar(i, latency, self.span)
                 size_out.observe(self.bytes_out)
                 if self.req_size is not None:
                     size_in.observe(self.req_size)

@@ -60,7 +60,6 @@ import contextlib
 import functools
 import inspect
 import re
-import time
 import traceback
 from collections.abc import Callable
 from time import perf_counter
@@ -75,7 +74,7 @@ from ._sql import OPERATION_OTHER, SCAN_LIMIT, parameterize, summarize
 from .context import instrumentation_suppressed
 from .errors import ConfigurationError
 from .logs import exception_type_name
-from .metrics import HistogramCell, _LazyExemplar
+from .metrics import HistogramCell
 
 __all__ = [
     "OPERATION_CALL",
@@ -316,9 +315,7 @@ def _ok(b: _Binding, stmt: _Stmt, span: Any, duration: float) -> None:
                 stmt.cell = (b, cell)
             i = cell.observe(duration)
             if span is not None and b.exemplars:
-                ctx = span.get_span_context()
-                if ctx.trace_flags.sampled and cell.lock is not None:
-                    cell.buckets[i].set_exemplar(_LazyExemplar(ctx.trace_id, ctx.span_id, duration, time.time()))
+                cell.exemplar(i, duration, span)
         except Exception as exc:  # noqa: BLE001
             b.rt.report_error("metrics", exc)
     if span is not None:

@@ -404,6 +404,16 @@ class HistogramCell:
             self.buckets[i]._value += 1
         return i
 
+    def exemplar(self, index: int, value: float, span: Any) -> None:
+        """Attach ``span``'s ids to bucket ``index`` when the span is sampled (last one wins).
+
+        No-op in multiprocess mode, whose files keep no exemplars.
+        """
+        if self.lock is not None:
+            ctx = span.get_span_context()
+            if ctx.trace_flags.sampled:  # a trace_id exemplar only when the trace exists
+                self.buckets[index]._exemplar = _LazyExemplar(ctx.trace_id, ctx.span_id, value, time.time())
+
 
 class GaugeCell:
     """A gauge or counter child updated under its own lock, without per-call validation."""

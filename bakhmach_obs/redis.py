@@ -52,7 +52,6 @@ Example:
 from __future__ import annotations
 
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from functools import lru_cache
@@ -66,7 +65,7 @@ from ._runtime import Runtime, current, per_runtime
 from .cache import _NULL_OP, ERROR, HIT, MISS, OK, _OpCells, _Site, key_hash
 from .context import CORRELATION_ID, instrumentation_suppressed
 from .logs import exception_type_name
-from .metrics import HistogramCell, _LazyExemplar
+from .metrics import HistogramCell
 
 if TYPE_CHECKING:
     import redis
@@ -252,11 +251,8 @@ class _Call:
                 cell = self.target.cell(b, self.command)
                 if cell is not None:
                     i = cell.observe(duration)
-                    span = self.span
-                    if b.exemplars and span is not None and cell.lock is not None:
-                        ctx = span.get_span_context()
-                        if ctx.trace_flags.sampled:
-                            cell.buckets[i]._exemplar = _LazyExemplar(ctx.trace_id, ctx.span_id, duration, time.time())
+                    if b.exemplars and self.span is not None:
+                        cell.exemplar(i, duration, self.span)
             except Exception as exc:  # noqa: BLE001
                 b.rt.report_error("metrics", exc)
         self._end()
