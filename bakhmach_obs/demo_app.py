@@ -40,6 +40,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -145,29 +146,29 @@ _SCHEMA = (
 )
 
 
-class _Database:
+class _Database(ABC):
     """Products and orders; ``system`` is the ``db.system.name``."""
 
     system = ""
     description = ""
 
-    async def start(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def start(self) -> None: ...
 
-    async def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def stop(self) -> None: ...
 
-    async def product(self, product_id: int) -> dict[str, Any] | None:
-        raise NotImplementedError
+    @abstractmethod
+    async def product(self, product_id: int) -> dict[str, Any] | None: ...
 
-    async def insert_order(self, user_id: str, product_id: int, quantity: int) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    async def insert_order(self, user_id: str, product_id: int, quantity: int) -> int: ...
 
-    async def fulfil(self, order_id: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def fulfil(self, order_id: int) -> None: ...
 
-    def health_check(self) -> Callable[[], Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def health_check(self) -> Callable[[], Any]: ...
 
 
 class _SQLite(_Database):
@@ -323,22 +324,22 @@ class _LRU(OrderedDict[str, str]):
             self.popitem(last=False)
 
 
-class _Cache:
+class _Cache(ABC):
     """The product cache: JSON text by key."""
 
     description = ""
 
-    async def start(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def start(self) -> None: ...
 
-    async def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def stop(self) -> None: ...
 
-    async def get(self, key: str) -> str | None:
-        raise NotImplementedError
+    @abstractmethod
+    async def get(self, key: str) -> str | None: ...
 
-    async def set(self, key: str, value: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def set(self, key: str, value: str) -> None: ...
 
     def health_check(self) -> Callable[[], Any]:
         return lambda: True
@@ -419,7 +420,7 @@ class _Message:
     headers: dict[str, Any] = field(default_factory=dict)
 
 
-class _Queue:
+class _Queue(ABC):
     """Accepted orders go out with :meth:`publish`; :meth:`start` runs ``handler`` on each one."""
 
     description = ""
@@ -430,17 +431,17 @@ class _Queue:
         self.processed = 0
         self.failed = 0
 
-    async def start(self, handler: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def start(self, handler: Callable[[dict[str, Any]], Awaitable[None]]) -> None: ...
 
-    async def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def stop(self) -> None: ...
 
-    async def publish(self, message: dict[str, Any]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def publish(self, message: dict[str, Any]) -> None: ...
 
-    def health_check(self) -> Callable[[], Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def health_check(self) -> Callable[[], Any]: ...
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every published message was processed (or failed); False at the deadline."""
