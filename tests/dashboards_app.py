@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from tests.prometheus_server import stop_process
+
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "dashboards-e2e-orders"
 _app: Any = None
@@ -280,12 +282,7 @@ def running_shop(workdir: Path, *, pg_dsn: str | None = None, amqp_url: str | No
             time.sleep(0.2)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def drive(address: str, *, seconds: float, concurrency: int = 8, seed: int = 1) -> dict[str, int]:

@@ -25,7 +25,7 @@ from bakhmach_obs.exposition import serve_metrics
 from bakhmach_obs.logstash import pipeline_path
 from bakhmach_obs.slo import load_slos, parse_slos
 from tests.conftest import need_binary
-from tests.prometheus_server import PrometheusServer, free_port
+from tests.prometheus_server import PrometheusServer, free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -331,12 +331,7 @@ def test_alertmanager_runs_the_config_inhibits_and_delivers_pages(tmp_path):
         assert paged
         assert all(p != "/ticket" for p, _ in _Webhook.received)  # tickets wait 30 s
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
         log.close()
         hook.shutdown()
         hook.server_close()
