@@ -98,7 +98,6 @@ IMAGES: Mapping[str, str] = MappingProxyType(
 SERVICES: tuple[str, ...] = tuple(IMAGES)
 
 _HOST_PORT = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$")
-_DURATION = re.compile(r"^(?:\d+(?:ms|s|m|h|d|w|y))+$")
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 _JOB = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
@@ -168,8 +167,14 @@ class StackOptions:
             ) from None
         if not _LABEL_VALUE.fullmatch(self.environment):
             raise ConfigurationError("environment", self.environment, "1-63 characters of [A-Za-z0-9_.-]")
-        if not _DURATION.match(self.scrape_interval):
-            raise ConfigurationError("scrape_interval", self.scrape_interval, "a Prometheus duration such as '15s'")
+        from .slo import parse_duration
+
+        try:
+            parse_duration(self.scrape_interval)
+        except ValueError:
+            raise ConfigurationError(
+                "scrape_interval", self.scrape_interval, "a Prometheus duration such as '15s'"
+            ) from None
 
 
 @dataclass(frozen=True)
