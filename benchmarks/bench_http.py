@@ -41,13 +41,14 @@ from importlib.metadata import PackageNotFoundError, version
 from time import perf_counter_ns
 from typing import Any
 
+from _common import DropExporter
 from fastapi import FastAPI
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as OTelASGIMiddleware
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as OTelWSGIMiddleware
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, make_asgi_app
 from prometheus_fastapi_instrumentator import Instrumentator
@@ -67,21 +68,6 @@ SAMPLER_RATIO = 0.1
 
 
 # --- no-I/O sinks ------------------------------------------------------------------------------
-class DropExporter(SpanExporter):
-    """Counts spans and drops them: export always succeeds, no I/O."""
-
-    def __init__(self) -> None:
-        self.spans = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        return None
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 class NullStream(io.TextIOBase):

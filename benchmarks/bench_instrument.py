@@ -26,10 +26,11 @@ from importlib.metadata import PackageNotFoundError, version
 from time import perf_counter, perf_counter_ns
 from typing import Any
 
+from _common import DropExporter
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -43,21 +44,6 @@ WARMUP = 1_000
 
 
 # --- no-I/O exporter ---------------------------------------------------------------------------
-class DropExporter(SpanExporter):
-    """Counts spans and drops them: export always succeeds, no I/O."""
-
-    def __init__(self) -> None:
-        self.spans = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        return None
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 # --- the function under test -------------------------------------------------------------------

@@ -37,8 +37,9 @@ from importlib.metadata import PackageNotFoundError, version
 from time import perf_counter_ns
 from typing import Any
 
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from _common import DropExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry
 
@@ -48,23 +49,6 @@ from bakhmach_obs.tracing import BoundedBatchSpanProcessor
 
 WARMUP_REDIS = 200
 WARMUP_CACHE = 2_000
-
-
-class DropExporter(SpanExporter):
-    """Counts spans and drops them: export always succeeds, no I/O."""
-
-    def __init__(self) -> None:
-        self.spans = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans += len(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        return None
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 @dataclass
