@@ -64,6 +64,7 @@ from . import conventions as c
 from ._runtime import Runtime, per_runtime
 from .context import CORRELATION_ID, SUPPRESSED, otel_suppressed
 from .logs import exception_type_name
+from .metrics import observe_with_exemplar
 
 if TYPE_CHECKING:
     import httpx
@@ -267,13 +268,7 @@ class _Call:
             return
         try:
             child = family.labels(self.method, self.host, status)
-            span = self.span
-            if b.exemplars and span is not None:
-                ctx = span.get_span_context()
-                if ctx.trace_flags.sampled:
-                    child.observe(duration, {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"})
-                    return
-            child.observe(duration)
+            observe_with_exemplar(child, duration, self.span if b.exemplars else None)
         except Exception as exc:  # noqa: BLE001
             b.rt.report_error("metrics", exc)
 

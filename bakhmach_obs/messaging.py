@@ -59,6 +59,7 @@ from . import conventions as c
 from ._http import correlation_id_from
 from .context import CORRELATION_ID, instrumentation_suppressed
 from .logs import exception_type_name
+from .metrics import observe_with_exemplar
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -203,12 +204,7 @@ def _take_max_age(system: str, destination: str) -> float | None:
 
 
 def _observe(b: _Bound, child: Any, value: float, span: Any) -> None:
-    if b.exemplars and span is not None:
-        ctx = span.get_span_context()
-        if ctx.trace_flags.sampled:
-            child.observe(value, {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"})
-            return
-    child.observe(value)
+    observe_with_exemplar(child, value, span if b.exemplars else None)
 
 
 def record_operation(

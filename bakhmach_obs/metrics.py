@@ -415,6 +415,19 @@ class HistogramCell:
                 self.buckets[index]._exemplar = _LazyExemplar(ctx.trace_id, ctx.span_id, value, time.time())
 
 
+def observe_with_exemplar(child: Any, value: float, span: Any) -> None:
+    """``child.observe(value)``, with ``span``'s ids as the exemplar when ``span`` is given and sampled.
+
+    For histogram children observed through prometheus_client (not a :class:`HistogramCell`).
+    """
+    if span is not None:
+        ctx = span.get_span_context()
+        if ctx.trace_flags.sampled:  # a trace_id exemplar only when the trace exists
+            child.observe(value, {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"})
+            return
+    child.observe(value)
+
+
 class GaugeCell:
     """A gauge or counter child updated under its own lock, without per-call validation."""
 

@@ -91,6 +91,7 @@ from ._runtime import Runtime, per_runtime
 from ._sql import OPERATION_OTHER, parameterize, summarize
 from .context import CORRELATION_ID, instrumentation_suppressed
 from .logs import exception_type_name
+from .metrics import observe_with_exemplar
 from .pools import PoolMetrics
 
 if TYPE_CHECKING:
@@ -252,13 +253,7 @@ class _Call:
             return
         try:
             child = family.labels(*self.labels, error_type)
-            span = self.span
-            if b.exemplars and span is not None:
-                ctx = span.get_span_context()
-                if ctx.trace_flags.sampled:
-                    child.observe(duration, {"trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}"})
-                    return
-            child.observe(duration)
+            observe_with_exemplar(child, duration, self.span if b.exemplars else None)
         except Exception as exc:  # noqa: BLE001
             b.rt.report_error("metrics", exc)
 
