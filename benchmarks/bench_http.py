@@ -14,6 +14,10 @@ framework (Starlette rows over 1, FastAPI rows over 4, WSGI rows over 7); repeat
 min-max spread. Only ratios within one run mean anything (see
 ``/work/shared/design/PERFORMANCE.md``). Span exporters do no I/O.
 
+Rows 6f and 9f are lower bounds (``benchmarks/_floor.py``): the cheapest code that emits the same
+signals (metrics, a 10 % span, a correlation id, a JSON access line) with none of the safety. Their
+ratios, (a'), (b') and (c'), are what no complete implementation on this stack can go under.
+
 A second part measures the event-loop stall a ``/metrics`` scrape of a 500-series histogram
 registry causes: ``bakhmach_obs.metrics_asgi_app`` (renders in a worker thread) against
 prometheus_client's ``make_asgi_app`` (renders on the loop), with a concurrent task issuing a tiny
@@ -42,6 +46,7 @@ from time import perf_counter_ns
 from typing import Any
 
 from _common import DropExporter
+from _floor import FloorASGIMiddleware, floor_wsgi
 from fastapi import FastAPI
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware as OTelASGIMiddleware
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as OTelWSGIMiddleware
@@ -49,7 +54,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, make_asgi_app
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.applications import Starlette
@@ -417,6 +422,20 @@ def build_variants() -> tuple[list[Variant], list[str], list[Any]]:
     otel_wsgi = OTelWSGIMiddleware(wsgi_app, tracer_provider=tp, meter_provider=mp)
     variants.append(Variant("8", "WSGI + OTel WSGI middleware (10%, metrics)", "wsgi", otel_wsgi, "7", [exp]))
 
+    # Lower bounds (benchmarks/_floor.py): every signal at its cheapest, none of the safety.
+    # The floor samples 10 % itself (random() < 0.1), so its provider records every span it is given.
+    exp = DropExporter()
+    tp = TracerProvider(sampler=ALWAYS_ON, shutdown_on_exit=False)
+    tp.add_span_processor(BatchSpanProcessor(exp))
+    tp.add_span_processor(SPANS)
+    providers.append(tp)
+    floor_tracer = tp.get_tracer("floor")
+    app = starlette_app()
+    app.add_middleware(FloorASGIMiddleware, tracer=floor_tracer, stream=LOG_STREAM, route="/users/{user_id}")
+    variants.append(Variant("6f", "Starlette + lower bound (benchmarks/_floor.py)", "asgi", app, "1", [exp]))
+    floor_app = floor_wsgi(wsgi_app, tracer=floor_tracer, stream=LOG_STREAM, route="/users/{user_id}")
+    variants.append(Variant("9f", "WSGI + lower bound (benchmarks/_floor.py)", "wsgi", floor_app, "7", [exp]))
+
     if ours_wsgi is None:
         skipped.append(f"9  WSGI + ours: not available ({wsgi_where})")
     else:
@@ -746,6 +765,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "c": ("(c) ours WSGI / OTel WSGI", "9", "8"),
         "d": ("(d) ours / prometheus-fastapi-instrumentator, FastAPI", "6b", "5"),
         "e": ("(e) ours, FastAPI native OTel on / PFI", "6c", "5"),
+        "fa": ("(a') lower bound / starlette-exporter", "6f", "3"),
+        "fb": ("(b') lower bound / OTel ASGI", "6f", "2"),
+        "fc": ("(c') lower bound WSGI / OTel WSGI", "9f", "8"),
     }
     ratios: dict[str, Any] = {}
     print("Overhead ratios: median of per-repeat ratios of paired overheads [min..max];"
@@ -764,6 +786,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"  ({of_medians:.3f})  {verdict}")  # fmt: skip
         ratios[k] = {"variants": [a, b], "paired_median": paired, "ratio_of_medians": of_medians,
                      "min": min(per), "max": max(per), "target": target}  # fmt: skip
+    print("  (a'), (b'), (c'): the cheapest code emitting the same signals with none of the safety; a target")
+    print("  below its lower bound cannot be met by any implementation on this stack.")
     print(f"\ntimed section: {elapsed:.1f} s")
 
     print("\nEvent-loop stall during a /metrics scrape")
