@@ -33,7 +33,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from . import _runtime
 from . import conventions as c
 from .context import CORRELATION_ID, SUPPRESSED
-from .logs import exception_type_name
+from .logs import JsonFormatter, exception_type_name, sole_json_handler
 from .metrics import GaugeCell, HistogramCell
 
 __all__ = [
@@ -217,6 +217,41 @@ def _access_record(name: str, level: int, args: tuple[Any, ...], extra: dict[str
     return record
 
 
+def _write_access(
+    handler: logging.StreamHandler[Any],
+    formatter: JsonFormatter,
+    name: str,
+    level: int,
+    args: tuple[Any, ...],
+    extra: dict[str, Any],
+) -> None:
+    """What ``StreamHandler.emit`` does with the access record, rendered without building it.
+
+    Only for a handler :func:`~bakhmach_obs.logs.sole_json_handler` returned. A failed write goes
+    to ``handler.handleError`` with the record, as ``emit`` would.
+    """
+    now = _time_ns()
+    message = "%s %s %s" % args  # noqa: UP031 - exactly the record's msg % args
+    line = formatter.format_fields(
+        now / 1e9,
+        (now % 1_000_000_000) // 1_000_000 + 0.0,
+        logging.getLevelName(level),
+        name,
+        message,
+        extra,
+    )
+    handler.acquire()
+    try:
+        handler.stream.write(line + handler.terminator)
+        handler.flush()
+    except RecursionError:
+        raise
+    except Exception:  # noqa: BLE001 - as StreamHandler.emit: the handler reports it
+        handler.handleError(_access_record(name, level, args, extra))
+    finally:
+        handler.release()
+
+
 _ACCESS_TEMPLATE = {
     "msg": "%s %s %s",
     "pathname": __file__,
@@ -329,6 +364,7 @@ class Exchange:
         "content_length_out",
         "ctx_token",
         "done",
+        "error",
         "error_type",
         "log_access",
         "method",
@@ -358,6 +394,7 @@ class Exchange:
         self.req_size: int | None = None
         self.route: str | None = None
         self.error_type: str | None = None
+        self.error: str | None = None
         self.span: Any = None
         self.stream_t0: float | None = None
         self.chunks = 0
@@ -424,6 +461,10 @@ class Exchange:
         route = self.route or c.HTTP_ROUTE_UNMATCHED
         if exc is not None:
             self.error_type = exception_type_name(exc)
+            try:
+                self.error = str(exc) or self.error_type
+            except Exception:  # noqa: BLE001 - an exception whose str() raises: its type says enough
+                self.error = self.error_type
             if not self.status:
                 self.status = 500
         status = self.status or 500
@@ -494,7 +535,8 @@ class Exchange:
 
     def _access_log(self, route: str, status: int, duration_ms: float) -> None:
         logger = self.b.access
-        if not logger.isEnabledFor(logging.INFO):
+        level = logging.ERROR if status >= 500 else logging.INFO
+        if not logger.isEnabledFor(level):
             return
         try:
             extra = {
@@ -506,9 +548,14 @@ class Exchange:
                 "user_agent": self.user_agent,
             }
             if self.error_type is not None:
+                extra["error"] = self.error or self.error_type
                 extra["error_type"] = self.error_type
-            level = logging.ERROR if status >= 500 else logging.INFO
-            logger.handle(_access_record(logger.name, level, (self.method, route, status), extra))
+            args = (self.method, route, status)
+            sink = sole_json_handler(logger, level)
+            if sink is not None:
+                _write_access(sink[0], sink[1], logger.name, level, args, extra)
+            else:
+                logger.handle(_access_record(logger.name, level, args, extra))
         except Exception as err:  # noqa: BLE001
             self.b.rt.report_error("logging", err)
 

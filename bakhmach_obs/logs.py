@@ -69,7 +69,14 @@ except (ImportError, AttributeError):  # pragma: no cover - another runtime cont
         return _get_current_span()
 
 
-__all__ = ["RESERVED_FIELDS", "ConsoleFormatter", "JsonFormatter", "exception_type_name", "install_logging"]
+__all__ = [
+    "RESERVED_FIELDS",
+    "ConsoleFormatter",
+    "JsonFormatter",
+    "exception_type_name",
+    "install_logging",
+    "sole_json_handler",
+]
 
 #: Fields the formatter owns; ``extra=`` and bound fields can never replace them.
 RESERVED_FIELDS = RESERVED_LOG_FIELDS
@@ -177,39 +184,41 @@ class JsonFormatter(_PJLJsonFormatter):
         try:
             return self._format(record)
         except Exception as exc:  # noqa: BLE001 - a record must never break the application
-            _runtime.current().report_error("logging", exc)
-            fallback = {
-                "timestamp": _iso_utc(record.created),
-                "service": self.service or "unknown_service",
-                "level": record.levelname,
-                "message": "[unformattable log record]",
-                "logger": record.name,
-                "correlation_id": None,
-            }
-            return str(self._encode_std(fallback))
+            return self._unformattable(exc, record.created, record.levelname, record.name)
+
+    def format_fields(
+        self, created: float, msecs: float, levelname: str, name: str, message: str, extra: dict[str, Any]
+    ) -> str:
+        """The line :meth:`format` gives for a record of these attributes with ``extra=extra``. Never raises.
+
+        For the SDK's own fixed-shape records (the access log), which are rendered without
+        building a ``LogRecord`` when nothing else would see one: ``extra`` must hold neither a
+        reserved field nor a ``LogRecord`` attribute, and the message is already formatted.
+        """
+        try:
+            rt = _runtime.CURRENT[0] or _runtime.current()
+            fields: dict[str, Any] = dict(FIELDS.get())
+            fields.update(extra)
+            return self._render(rt, created, msecs, levelname, name, message, fields, None)
+        except Exception as exc:  # noqa: BLE001 - a record must never break the application
+            return self._unformattable(exc, created, levelname, name)
+
+    def _unformattable(self, exc: Exception, created: float, levelname: str, name: str) -> str:
+        _runtime.current().report_error("logging", exc)
+        fallback = {
+            "timestamp": _iso_utc(created),
+            "service": self.service or "unknown_service",
+            "level": levelname,
+            "message": "[unformattable log record]",
+            "logger": name,
+            "correlation_id": None,
+        }
+        return str(self._encode_std(fallback))
 
     def _format(self, record: logging.LogRecord) -> str:
         rt = _runtime.CURRENT[0] or _runtime.current()
-        policy = self.redaction or rt.redaction
         msg = record.msg
         message = record.getMessage() if record.args else (msg if type(msg) is str else str(msg))
-        data: dict[str, Any] = {
-            "timestamp": _iso_utc(record.created, record.msecs),
-            "service": self.service or rt.settings.service_name,
-            "level": record.levelname,
-            "message": message,
-            "logger": record.name,
-            "correlation_id": CORRELATION_ID.get(),
-        }
-        span = _current_span()
-        ctx = None if span is None else span.get_span_context()
-        if ctx is not None and (ctx is _ids_cache[0] or ctx.is_valid):
-            _, data["trace_id"], data["span_id"], data["trace_flags"] = _span_ids(ctx)
-        else:
-            ids = _valid_ids(record)
-            if ids is not None:
-                data["trace_id"], data["span_id"], data["trace_flags"] = ids
-
         fields: dict[str, Any] = dict(FIELDS.get())  # reserved names were filtered out at bind time
         attrs = record.__dict__
         if len(attrs) > _BASE_ATTRS:
@@ -228,6 +237,36 @@ class JsonFormatter(_PJLJsonFormatter):
             fields["stacktrace"] = record.exc_text
         if record.stack_info:
             fields["stack_info"] = record.stack_info
+        return self._render(rt, record.created, record.msecs, record.levelname, record.name, message, fields, record)
+
+    def _render(
+        self,
+        rt: Any,
+        created: float,
+        msecs: float,
+        levelname: str,
+        name: str,
+        message: str,
+        fields: dict[str, Any],
+        record: logging.LogRecord | None,
+    ) -> str:
+        data: dict[str, Any] = {
+            "timestamp": _iso_utc(created, msecs),
+            "service": self.service or rt.settings.service_name,
+            "level": levelname,
+            "message": message,
+            "logger": name,
+            "correlation_id": CORRELATION_ID.get(),
+        }
+        span = _current_span()
+        ctx = None if span is None else span.get_span_context()
+        if ctx is not None and (ctx is _ids_cache[0] or ctx.is_valid):
+            _, data["trace_id"], data["span_id"], data["trace_flags"] = _span_ids(ctx)
+        elif record is not None:
+            ids = _valid_ids(record)
+            if ids is not None:
+                data["trace_id"], data["span_id"], data["trace_flags"] = ids
+        policy = self.redaction or rt.redaction
         if fields:
             data["message"], redacted = policy.redact_message_and_fields(message, fields)
             data.update(redacted)
@@ -280,6 +319,44 @@ class ConsoleFormatter(logging.Formatter):
 
 
 _MARK = "_bakhmach_obs_handler"
+_StreamHandler = logging.StreamHandler
+_root = logging.root
+
+
+def sole_json_handler(logger: logging.Logger, levelno: int) -> tuple[logging.StreamHandler[Any], JsonFormatter] | None:
+    """The handler a record of ``levelno`` on ``logger`` would reach, when it is the only thing that would see it.
+
+    That is: ``logger`` has no filters and is not disabled, no logger between it and the root has
+    handlers or stops propagation, and the root's one handler is a plain
+    ``StreamHandler`` with a :class:`JsonFormatter` (exact classes), no filters and a level the
+    record passes. The caller has checked ``logger.isEnabledFor(levelno)``. Then writing
+    :meth:`JsonFormatter.format_fields` to the handler's stream under its lock is exactly what
+    ``logger.handle(record)`` would do, without building the ``LogRecord``; anything else
+    (another handler, a filter, the Logstash shipper, a subclass) gets ``None`` and the record.
+    """
+    if logger.filters or logger.disabled:
+        return None
+    c = logger
+    while c is not _root:
+        if c.handlers or not c.propagate:
+            return None
+        parent = c.parent
+        if parent is None:
+            return None
+        c = parent
+    handlers = c.handlers
+    if len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    formatter = handler.formatter
+    if (
+        type(handler) is not _StreamHandler
+        or type(formatter) is not JsonFormatter
+        or handler.filters
+        or levelno < handler.level
+    ):
+        return None
+    return handler, formatter
 
 
 def install_logging(

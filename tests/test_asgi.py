@@ -399,3 +399,58 @@ def test_fuzzed_headers_never_raise_and_never_leak_unsanitised(traceparent, cid,
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}", echoed)
     # the client's id (X-Correlation-ID, else X-Request-ID) when safe, otherwise a fresh one
     assert echoed in (cid, raw.decode("latin-1")) or re.fullmatch(r"[0-9a-f]{32}", echoed)
+
+
+def test_access_log_direct_path_writes_what_the_record_path_writes(monkeypatch):
+    """With only the SDK's JSON handler on the root, access lines skip the LogRecord: same lines."""
+    from bakhmach_obs import _http
+
+    from .test_logs import VALIDATOR, bare_root
+
+    made = []
+    real = _http._access_record
+    monkeypatch.setattr(_http, "_access_record", lambda *a: made.append(a) or real(*a))
+    headers = {"X-Correlation-ID": "req-9", "User-Agent": "ua/1", "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+    calls = [("GET", "/v1/users/9", {"headers": headers}), ("GET", "/boom", {"headers": headers}),
+             ("GET", "/nope/eyJhbGciOiJI.eyJzdWIiOjF9.sgn", {"headers": headers})]  # fmt: skip
+    outputs = []
+    for through_record in (False, True):
+        stream = io.StringIO()
+        with bare_root() as root:
+            bakhmach_obs.configure(service_name="backend", log_format="json", log_stream=stream,
+                                   traces_exporter="none", traces_sampler="always_on")  # fmt: skip
+            if through_record:
+                root.handlers[0].addFilter(logging.Filter())  # passes everything, but is a filter
+            with bakhmach_obs.log_context(tenant="acme"):
+                responses = run(build_app(), *calls, raise_app_exceptions=False)
+        assert [r.status_code for r in responses] == [200, 500, 404]
+        assert len(made) == (3 if through_record else 0)
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        outputs.append([r for r in lines if r["logger"] == "bakhmach_obs.access"])
+    direct, recorded = outputs
+    assert len(direct) == len(recorded) == 3
+    for a, b in zip(direct, recorded, strict=True):
+        VALIDATOR.validate(a)
+        assert a["trace_id"] == TRACE_ID and a["correlation_id"] == "req-9" and a["tenant"] == "acme"
+        for varying in ("timestamp", "duration_ms", "span_id"):
+            a.pop(varying), b.pop(varying)
+        assert a == b
+    assert direct[1]["level"] == "ERROR" and direct[1]["error_type"].endswith("Boom") and direct[1]["error"] == "kaput"
+    assert direct[2]["path"] == "/nope/[REDACTED]"
+
+
+def test_access_log_direct_path_write_failure_goes_to_the_handlers_error_hook(monkeypatch):
+    from .test_logs import bare_root
+
+    class Full(io.StringIO):
+        def write(self, s):
+            raise OSError("disk full")
+
+    errors = []
+    with bare_root() as root:
+        bakhmach_obs.configure(service_name="backend", log_format="json", log_stream=Full(), traces_exporter="none")
+        monkeypatch.setattr(root.handlers[0], "handleError", errors.append)
+        responses = run(build_app(), ("GET", "/v1/users/1"))
+    assert responses[0].status_code == 200
+    access = [r for r in errors if r.name == "bakhmach_obs.access"]
+    assert len(access) == 1 and access[0].getMessage() == "GET /v1/users/{user_id} 200"

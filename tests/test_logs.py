@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import decimal
 import io
@@ -15,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 
 import bakhmach_obs
-from bakhmach_obs.logs import ConsoleFormatter, JsonFormatter
+from bakhmach_obs.logs import ConsoleFormatter, JsonFormatter, sole_json_handler
 
 SCHEMA = json.loads(files("bakhmach_obs").joinpath("assets/log_record.schema.json").read_text(encoding="utf-8"))
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
@@ -369,3 +370,113 @@ def test_logstash_down_never_blocks_and_counts_drops(registry):
         time.sleep(0.02)
     assert dropped("queue_full") == 90
     assert dropped("shutdown") == 10
+
+
+# --- records rendered without a LogRecord (the access log's direct path) ------------------------
+
+
+@contextlib.contextmanager
+def bare_root():
+    """The root logger without pytest's capture handlers (added per test phase), as in a served application."""
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = []
+    try:
+        yield root
+    finally:
+        root.handlers[:] = saved
+
+
+def _access_like_record(created: float, msecs: float, extra: dict) -> logging.LogRecord:
+    record = logging.LogRecord("bakhmach_obs.access", logging.INFO, __file__, 0, "%s %s %s",
+                               ("GET", "/users/{user_id}", 200), None)  # fmt: skip
+    record.created, record.msecs = created, msecs
+    record.__dict__.update(extra)
+    return record
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"http_method": "GET", "http_route": "/users/{user_id}", "http_status": 200, "duration_ms": 1.5,
+         "path": "/users/42", "user_agent": "ua/1"},
+        {"http_method": "GET", "http_route": "/users/{user_id}", "http_status": 200, "duration_ms": 0.0,
+         "path": "/reset/eyJhbGciOiJI.eyJzdWIiOjF9.sgn?sig=abc", "user_agent": "evil\r\n{\"level\":\"CRITICAL\"}\u2028",
+         "error": "bad value", "error_type": "builtins.ValueError"},
+        {"http_method": "GET", "http_route": "/", "http_status": 200, "duration_ms": 2.0, "path": "/",
+         "user_agent": None, "authorization": "Bearer abc"},
+    ],
+)  # fmt: skip
+def test_format_fields_renders_exactly_what_format_renders_for_the_record(extra):
+    formatter = JsonFormatter(service="backend")
+    tracer = TracerProvider(sampler=ALWAYS_ON).get_tracer("t")
+    with (
+        bakhmach_obs.correlation_scope("req-1"),
+        bakhmach_obs.log_context(tenant="acme", password="hunter2"),
+        tracer.start_as_current_span("request"),
+    ):
+        record = _access_like_record(1_764_201_600.25, 250.0, extra)
+        expected = formatter.format(record)
+        message = "GET /users/{user_id} 200"
+        got = formatter.format_fields(1_764_201_600.25, 250.0, "INFO", "bakhmach_obs.access", message, dict(extra))
+    assert got == expected
+    assert "hunter2" not in got and "\n" not in got and 'CRITICAL"}' not in got.replace('\\"', "")
+    data = json.loads(got)
+    VALIDATOR.validate(data)
+    assert data["password"] == "[REDACTED]" and data["trace_id"] and data["correlation_id"] == "req-1"
+
+
+def test_format_fields_never_raises():
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("no")
+
+        __repr__ = __str__
+
+    line = JsonFormatter(service="b").format_fields(0.0, 0.0, "INFO", "x", "m", {"v": Unprintable()})
+    assert json.loads(line)["logger"] == "x"
+
+
+def test_sole_json_handler_only_when_nothing_else_would_see_the_record():
+    with bare_root() as root:
+        _check_sole_json_handler(root)
+
+
+def _check_sole_json_handler(bare_root: logging.Logger) -> None:
+    access = logging.getLogger("bakhmach_obs.access")
+    bakhmach_obs.configure(service_name="b", log_format="json", log_stream=io.StringIO())
+    (handler,) = bare_root.handlers
+    assert sole_json_handler(access, logging.INFO) == (handler, handler.formatter)
+
+    def off(apply, undo):
+        apply()
+        try:
+            return sole_json_handler(access, logging.INFO)
+        finally:
+            undo()
+
+    passing = logging.Filter()
+    extra = logging.NullHandler()
+    parent = logging.getLogger("bakhmach_obs")
+    assert off(lambda: handler.addFilter(passing), lambda: handler.removeFilter(passing)) is None
+    assert off(lambda: access.addFilter(passing), lambda: access.removeFilter(passing)) is None
+    assert off(lambda: bare_root.addHandler(extra), lambda: bare_root.removeHandler(extra)) is None
+    assert off(lambda: parent.addHandler(extra), lambda: parent.removeHandler(extra)) is None
+    assert off(lambda: access.addHandler(extra), lambda: access.removeHandler(extra)) is None
+    assert off(lambda: setattr(access, "propagate", False), lambda: setattr(access, "propagate", True)) is None
+    assert off(lambda: setattr(access, "disabled", True), lambda: setattr(access, "disabled", False)) is None
+    assert off(lambda: handler.setFormatter(ConsoleFormatter()), lambda: handler.setFormatter(JsonFormatter())) is None
+    handler.setLevel(logging.ERROR)
+    assert sole_json_handler(access, logging.INFO) is None
+    assert sole_json_handler(access, logging.ERROR) is not None
+    handler.setLevel(logging.NOTSET)
+
+    class Sub(logging.StreamHandler):
+        pass
+
+    bare_root.removeHandler(handler)
+    sub = Sub(io.StringIO())
+    sub.setFormatter(JsonFormatter())
+    bare_root.addHandler(sub)
+    assert sole_json_handler(access, logging.INFO) is None
+    bare_root.removeHandler(sub)
