@@ -75,6 +75,30 @@ class _Signals:
         self.tracer = tracer
         self.write = stream.write
 
+    def begin(self) -> tuple[str, Any, Any, Any, float]:
+        """A fresh correlation id bound, a span for 10 % of requests made current, counted active."""
+        cid = "%032x" % random.getrandbits(128)  # noqa: UP031
+        token = _CID.set(cid)
+        span = self.tracer.start_span("GET", kind=trace.SpanKind.SERVER) if random.random() < 0.1 else None
+        ctx_token = context.attach(trace.set_span_in_context(span)) if span is not None else None
+        self.active.inc()
+        return cid, token, span, ctx_token, perf_counter()
+
+    def end(self, began: tuple[str, Any, Any, Any, float], status: Any, path: Any) -> None:
+        """Duration observed, span ended, one access line written, the correlation id unbound."""
+        cid, token, span, ctx_token, t0 = began
+        elapsed = perf_counter() - t0
+        self.child.observe(elapsed)
+        self.active.dec()
+        if span is not None:
+            span.set_attributes({"http.route": self.route, "http.response.status_code": status})
+            span.end()
+            context.detach(ctx_token)
+        line = {"timestamp": time(), "level": "INFO", "message": "GET", "correlation_id": cid, "http_route": self.route,
+                "http_status": status, "duration_ms": elapsed * 1000.0, "path": path}  # fmt: skip
+        self.write(_dumps(line).decode() + "\n")
+        _CID.reset(token)
+
 
 class FloorASGIMiddleware:
     """The least an all-signals ASGI middleware can do (see the module docs)."""
@@ -88,14 +112,9 @@ class FloorASGIMiddleware:
             await self.app(scope, receive, send)
             return
         s = self.s
-        cid = "%032x" % random.getrandbits(128)  # noqa: UP031
-        token = _CID.set(cid)
-        span = s.tracer.start_span("GET", kind=trace.SpanKind.SERVER) if random.random() < 0.1 else None
-        ctx_token = context.attach(trace.set_span_in_context(span)) if span is not None else None
-        s.active.inc()
-        t0 = perf_counter()
+        began = s.begin()
         status = 0
-        echo = (b"x-correlation-id", cid.encode())
+        echo = (b"x-correlation-id", began[0].encode())
 
         async def send_wrapper(message: dict[str, Any]) -> None:
             nonlocal status
@@ -107,18 +126,7 @@ class FloorASGIMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            elapsed = perf_counter() - t0
-            s.child.observe(elapsed)
-            s.active.dec()
-            if span is not None:
-                span.set_attributes({"http.route": s.route, "http.response.status_code": status})
-                span.end()
-                context.detach(ctx_token)  # type: ignore[arg-type]
-            line = {"timestamp": time(), "level": "INFO", "message": "GET", "correlation_id": cid,
-                    "http_route": s.route, "http_status": status, "duration_ms": elapsed * 1000.0,
-                    "path": scope["path"]}  # fmt: skip
-            s.write(_dumps(line).decode() + "\n")
-            _CID.reset(token)
+            s.end(began, status, scope["path"])
 
 
 def floor_wsgi(app: Callable[..., Iterable[bytes]], *, tracer: trace.Tracer, stream: Any, route: str) -> Any:
@@ -126,17 +134,12 @@ def floor_wsgi(app: Callable[..., Iterable[bytes]], *, tracer: trace.Tracer, str
     s = _Signals(tracer, stream, route)
 
     def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        cid = "%032x" % random.getrandbits(128)  # noqa: UP031
-        token = _CID.set(cid)
-        span = s.tracer.start_span("GET", kind=trace.SpanKind.SERVER) if random.random() < 0.1 else None
-        ctx_token = context.attach(trace.set_span_in_context(span)) if span is not None else None
-        s.active.inc()
-        t0 = perf_counter()
+        began = s.begin()
         status: list[str] = []
 
         def sr(st: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             status.append(st)
-            return start_response(st, [*headers, ("X-Correlation-ID", cid)], exc_info)
+            return start_response(st, [*headers, ("X-Correlation-ID", began[0])], exc_info)
 
         try:
             result = app(environ, sr)
@@ -147,18 +150,7 @@ def floor_wsgi(app: Callable[..., Iterable[bytes]], *, tracer: trace.Tracer, str
                 if close is not None:
                     close()
         finally:
-            elapsed = perf_counter() - t0
-            s.child.observe(elapsed)
-            s.active.dec()
-            if span is not None:
-                span.set_attributes({"http.route": s.route, "http.response.status_code": 200})
-                span.end()
-                context.detach(ctx_token)  # type: ignore[arg-type]
-            line = {"timestamp": time(), "level": "INFO", "message": "GET", "correlation_id": cid,
-                    "http_route": s.route, "http_status": status[0][:3] if status else 500,
-                    "duration_ms": elapsed * 1000.0, "path": environ.get("PATH_INFO")}  # fmt: skip
-            s.write(_dumps(line).decode() + "\n")
-            _CID.reset(token)
+            s.end(began, int(status[0][:3]) if status else 500, environ.get("PATH_INFO"))
         return body
 
     return middleware
