@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 
@@ -37,8 +38,9 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture(autouse=True)
 def _restore_runtime():
-    """Every test starts from, and returns to, the runtime that was in force before it."""
+    """Every test starts from, and returns to, the runtime (and root log level) in force before it."""
     before = _runtime.CURRENT[0]
+    root_level = logging.getLogger().level
     yield
     after = _runtime.CURRENT[0]
     if after is not before:
@@ -46,3 +48,4 @@ def _restore_runtime():
             _runtime._shutdown_provider(after, 2.0)
         _runtime.swap(before)
         install_logging("none", "WARNING")
+    logging.getLogger().setLevel(root_level)
