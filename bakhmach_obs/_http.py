@@ -16,7 +16,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import Token
 from random import getrandbits
 from re import Pattern
@@ -32,7 +32,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from . import _runtime
 from . import conventions as c
-from .context import CORRELATION_ID, SUPPRESSED
+from .context import CORRELATION_ID, FIELDS, SUPPRESSED
 from .logs import JsonFormatter, exception_type_name, sole_json_handler
 from .metrics import GaugeCell, HistogramCell
 
@@ -271,25 +271,35 @@ _get_ident = threading.get_ident
 _current_thread = threading.current_thread
 
 
+_Tokens = tuple["Token[Context] | None", "Token[str | None]", "Token[Mapping[str, Any]]"]
+
+
 class Reentry:
-    """Makes one request's span and correlation id current again for a stretch of work.
+    """Makes one request's span, correlation id and bound fields current again for a stretch of work.
 
     Used around each step of a response body that is produced after the application returned
     (WSGI iterables, Django streaming responses): the context is attached and detached within the
     same call, so it is correct in any thread or task and never leaks when a server forgets
-    ``close()``.
+    ``close()``. The bound fields are those the application left bound when it returned.
     """
 
-    __slots__ = ("cid", "ctx")
+    __slots__ = ("cid", "ctx", "ex")
 
     def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
         self.cid = ex.cid
         self.ctx = otel_context.get_current() if ex.ctx_token is not None else None
 
-    def enter(self) -> tuple[Token[Context] | None, Token[str | None]]:
-        return (_attach(self.ctx) if self.ctx is not None else None), CORRELATION_ID.set(self.cid)
+    def enter(self) -> _Tokens:
+        fields = self.ex.fields
+        return (
+            (_attach(self.ctx) if self.ctx is not None else None),
+            CORRELATION_ID.set(self.cid),
+            FIELDS.set(fields if fields is not None else FIELDS.get()),
+        )
 
-    def exit(self, tokens: tuple[Token[Context] | None, Token[str | None]]) -> None:
+    def exit(self, tokens: _Tokens) -> None:
+        FIELDS.reset(tokens[2])
         CORRELATION_ID.reset(tokens[1])
         if tokens[0] is not None:
             _detach(tokens[0])
@@ -366,6 +376,8 @@ class Exchange:
         "done",
         "error",
         "error_type",
+        "fields",
+        "fields_token",
         "log_access",
         "method",
         "method_raw",
@@ -395,6 +407,7 @@ class Exchange:
         self.route: str | None = None
         self.error_type: str | None = None
         self.error: str | None = None
+        self.fields: Mapping[str, Any] | None = None
         self.span: Any = None
         self.stream_t0: float | None = None
         self.chunks = 0
@@ -412,6 +425,8 @@ class Exchange:
         b = self.b
         self.cid = correlation_id_from(cid)
         self.cid_token: Token[str | None] = CORRELATION_ID.set(self.cid)
+        # What the application binds ends with the request: a reused worker thread starts clean.
+        self.fields_token: Token[Mapping[str, Any]] = FIELDS.set(FIELDS.get())
         self.ctx_token: object = None
         if b.spans:
             try:
@@ -560,7 +575,9 @@ class Exchange:
             self.b.rt.report_error("logging", err)
 
     def close(self) -> None:
-        """Detach the span and restore the correlation id (after the application returned)."""
+        """Detach the span, restore the correlation id and bound fields (after the application returned)."""
+        self.fields = FIELDS.get()
+        FIELDS.reset(self.fields_token)
         if self.ctx_token is not None:
             _detach(self.ctx_token)  # type: ignore[arg-type]
         CORRELATION_ID.reset(self.cid_token)

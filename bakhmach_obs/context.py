@@ -107,7 +107,8 @@ def correlation_scope(correlation_id: str | None = None) -> Iterator[str]:
     """Start a unit of work (a request, a consumed message, a job) with a correlation id.
 
     Binds ``correlation_id`` if given, else keeps the one already bound, else generates a new one;
-    the previous value comes back on exit. The HTTP and messaging adapters open one per request
+    the previous value comes back on exit, and so do the fields bound with :func:`bind` before it:
+    what the unit of work binds ends with it. The HTTP and messaging adapters open one per request
     or message; use it yourself for jobs and scripts.
 
     Example:
@@ -123,9 +124,11 @@ def correlation_scope(correlation_id: str | None = None) -> Iterator[str]:
     """
     cid = correlation_id or CORRELATION_ID.get() or new_correlation_id()
     token = CORRELATION_ID.set(cid)
+    fields_token = FIELDS.set(FIELDS.get())
     try:
         yield cid
     finally:
+        FIELDS.reset(fields_token)
         CORRELATION_ID.reset(token)
 
 

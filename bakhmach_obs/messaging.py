@@ -57,7 +57,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import _runtime
 from . import conventions as c
 from ._http import correlation_id_from
-from .context import CORRELATION_ID, instrumentation_suppressed
+from .context import CORRELATION_ID, FIELDS, instrumentation_suppressed
 from .logs import exception_type_name
 from .metrics import observe_with_exemplar
 
@@ -413,7 +413,8 @@ class consume:
     """
 
     __slots__ = (
-        "_b", "_cid_token", "_span", "_t0", "_token", "body_size", "destination", "headers", "message_id", "system",
+        "_b", "_cid_token", "_fields_token", "_span", "_t0", "_token", "body_size", "destination", "headers",
+        "message_id", "system",
     )  # fmt: skip
 
     def __init__(
@@ -434,6 +435,7 @@ class consume:
         self._span: Any = None
         self._token: Any = None
         self._cid_token: Any = None
+        self._fields_token: Any = None
         self._t0 = 0.0
 
     def __enter__(self) -> str:
@@ -444,6 +446,7 @@ class consume:
             raw = None
         cid = correlation_id_from(raw)
         self._cid_token = CORRELATION_ID.set(cid)
+        self._fields_token = FIELDS.set(FIELDS.get())  # what the handler binds ends with the message
         b = _bound()
         if b is None:
             self._t0 = perf_counter()
@@ -484,6 +487,9 @@ class consume:
         if self._cid_token is not None:
             CORRELATION_ID.reset(self._cid_token)
             self._cid_token = None
+        if self._fields_token is not None:
+            FIELDS.reset(self._fields_token)
+            self._fields_token = None
         b = self._b
         if b is None:
             return

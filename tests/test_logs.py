@@ -480,3 +480,11 @@ def _check_sole_json_handler(bare_root: logging.Logger) -> None:
     bare_root.addHandler(sub)
     assert sole_json_handler(access, logging.INFO) is None
     bare_root.removeHandler(sub)
+
+
+def test_correlation_scope_ends_what_the_unit_of_work_bound():
+    with bakhmach_obs.log_context(tenant="acme"):
+        with bakhmach_obs.correlation_scope("job-1"):
+            bakhmach_obs.bind(user_id="alice")
+            assert dict(bakhmach_obs.bound_fields()) == {"tenant": "acme", "user_id": "alice"}
+        assert dict(bakhmach_obs.bound_fields()) == {"tenant": "acme"}

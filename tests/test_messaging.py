@@ -136,3 +136,13 @@ def test_import_bakhmach_obs_does_not_import_brokers():
         "print(sorted(m for m in ('pika', 'aio_pika', 'aiormq') if m in sys.modules))"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_fields_bound_while_handling_a_message_end_with_it():
+    with capture(), bakhmach_obs.log_context(worker="w1"):
+        with messaging.publish("orders") as headers:
+            pass
+        with messaging.consume("orders", headers):
+            bakhmach_obs.bind(order_id="o-1")
+            assert dict(bakhmach_obs.bound_fields()) == {"worker": "w1", "order_id": "o-1"}
+        assert dict(bakhmach_obs.bound_fields()) == {"worker": "w1"}

@@ -515,3 +515,25 @@ def test_fuzzed_headers_never_raise_and_never_leak_unsanitised(traceparent, cid,
     echoed = response_headers["X-Correlation-ID"]
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}", echoed)
     assert echoed == cid or re.fullmatch(r"[0-9a-f]{32}", echoed)
+
+
+def test_fields_bound_by_a_request_end_with_it_on_a_reused_thread(access_log):
+    """A worker thread serves request after request: what one binds never reaches the next."""
+    seen = []
+
+    def binding_app(environ, start_response):
+        if environ["PATH_INFO"] == "/me":
+            bakhmach_obs.bind(user_id="alice")
+        seen.append(dict(bakhmach_obs.bound_fields()))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"a", b"b"])  # a streamed body: the access record is written after the app returned
+
+    wrapped = ObservabilityMiddleware(binding_app)
+    with capture(), bakhmach_obs.log_context(tenant="acme"):
+        call(wrapped, "/me")
+        call(wrapped, "/public")
+        assert dict(bakhmach_obs.bound_fields()) == {"tenant": "acme"}
+    assert seen == [{"tenant": "acme", "user_id": "alice"}, {"tenant": "acme"}]
+    me, public = (json.loads(line) for line in access_log.getvalue().splitlines())
+    assert me["path"] == "/me" and me["user_id"] == "alice" and me["tenant"] == "acme"
+    assert public["path"] == "/public" and "user_id" not in public
