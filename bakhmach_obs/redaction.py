@@ -127,6 +127,7 @@ _BASIC = re.compile(r"(basic[ \t]+)([A-Za-z0-9+/]+={0,2})(?![A-Za-z0-9+/=])", re
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){2,4}")
 # Starts with the digit class (not the lookbehind) so that the regex engine can skip to digits.
 _CARD = re.compile(r"[0-9](?<![0-9][0-9])(?:[ -]?[0-9]){12,}")
+_DIGIT_GROUP = re.compile(r"[0-9]+")
 _USERINFO = re.compile(r"(://)[^/?#\s\"'<>]*@")
 
 # Pre-checks: every pass of RedactionPolicy._scan runs only when a cheap substring test says its
@@ -422,7 +423,46 @@ class RedactionPolicy:
         digits = run.replace(" ", "").replace("-", "")
         if 13 <= len(digits) <= 19 and _luhn_ok(digits):
             return self._replacement
-        return run
+        return self._cards_within(run)
+
+    def _cards_within(self, run: str) -> str:
+        """Cards among a run's digit groups: ``4111 1111 1111 1111 12`` is a card and a ``12``.
+
+        The run failed as a whole. Stretches of whole groups laid out as cards are (a first group
+        of 4 or more digits, then groups of 3 or more, the last of any length, 13-19 digits in all)
+        are tried left to right, longest first; a few groups from each start at most, so the work
+        is linear in the run.
+        """
+        groups = [(m.start(), m.end()) for m in _DIGIT_GROUP.finditer(run)]
+        if len(groups) < 2:
+            return run
+        out: list[str] = []
+        kept = 0
+        i = 0
+        while i < len(groups):
+            if groups[i][1] - groups[i][0] < 4:
+                i += 1
+                continue
+            ends: list[int] = []
+            count = 0
+            for j in range(i, len(groups)):
+                size = groups[j][1] - groups[j][0]
+                count += size
+                if count > 19:
+                    break
+                ends.append(j)  # the last group of a stretch may be short: 4111 1111 1111 1
+                if j > i and size < 3:
+                    break
+            for j in reversed(ends):
+                start, end = groups[i][0], groups[j][1]
+                digits = run[start:end].replace(" ", "").replace("-", "")
+                if len(digits) >= 13 and _luhn_ok(digits):
+                    out.append(run[kept:start] + self._replacement)
+                    kept = end
+                    i = j
+                    break
+            i += 1
+        return "".join(out) + run[kept:] if out else run
 
     # --- URLs and headers -------------------------------------------------------------------
 

@@ -370,6 +370,23 @@ def test_luhn_valid_cards_never_survive(card, before, after, b, a):
 
 @PROPERTY
 @given(
+    card=luhn_cards(),
+    sep=st.sampled_from([" ", "-"]),
+    before=st.lists(st.text(alphabet="0123456789", min_size=1, max_size=4), max_size=3),
+    after=st.lists(st.text(alphabet="0123456789", min_size=1, max_size=4), max_size=3),
+)
+def test_luhn_valid_cards_next_to_other_digit_groups_never_survive(card, sep, before, after):
+    """``qty 3 4111-1111-1111-1111``, ``4111 1111 1111 1111 12/28``: neighbours never shield a card."""
+    digits, _ = card
+    written = sep.join(digits[i : i + 4] for i in range(0, len(digits), 4))
+    text = "x " + "".join(g + sep for g in before) + written + "".join(sep + g for g in after) + " y"
+    out = POLICY.redact_text(text)
+    assert written not in out
+    assert digits not in out.replace(" ", "").replace("-", "")
+
+
+@PROPERTY
+@given(
     digits=st.lists(st.integers(0, 9), min_size=13, max_size=19).map(lambda ds: "".join(map(str, ds))),
     before=plain_text,
     after=plain_text,
@@ -391,6 +408,12 @@ def test_luhn_invalid_digit_runs_pass_unchanged(digits, before, after):
         ("id 12345678901234567890123", "id 12345678901234567890123"),  # too long for a card
         ("short 4111 1111 1111", "short 4111 1111 1111"),  # 12 digits
         ("ts 2024-05-01 12:00:00, phone +1 415-555-0123", "ts 2024-05-01 12:00:00, phone +1 415-555-0123"),
+        ("card 4111111111111111 12", "card [REDACTED] 12"),
+        ("qty 3 4111-1111-1111-1111", "qty 3 [REDACTED]"),
+        ("card 4111 1111 1111 1111 12/28", "card [REDACTED] 12/28"),
+        ("4111111111111111 100 EUR", "[REDACTED] 100 EUR"),
+        ("amex 3782 822463 10005 77", "amex [REDACTED] 77"),
+        ("1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9", "1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9"),  # not laid out as a card
     ],
 )
 def test_card_examples(text, expected):
