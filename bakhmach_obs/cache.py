@@ -60,7 +60,7 @@ from . import conventions as c
 from ._runtime import CURRENT, Runtime, current
 from .context import CORRELATION_ID, SUPPRESSED
 from .logs import exception_type_name
-from .metrics import HistogramCell, _shared_with
+from .metrics import _SHARE_LOCK, HistogramCell, _shared_with
 
 __all__ = [
     "ERROR",
@@ -82,7 +82,6 @@ _V = TypeVar("_V")
 HIT, MISS, OK, ERROR = 0, 1, 2, 3
 _RESULTS = c.CACHE_RESULTS  # ("hit", "miss", "ok", "error"): index i is the label value of result i
 _MISSING: Any = object()
-_bind_lock = threading.Lock()
 _INTERNAL = SpanKind.INTERNAL
 
 
@@ -130,7 +129,7 @@ class _OpCells:
             self._bind(result)
 
     def _bind(self, result: int) -> Any:
-        with _bind_lock:  # two threads binding the same child must end with one shared value
+        with _SHARE_LOCK:  # two threads binding the same child must end with one shared value
             value = self.counts[result]
             if value is not None:
                 return value

@@ -320,13 +320,17 @@ class ConsoleFormatter(logging.Formatter):
 
 _MARK = "_bakhmach_obs_handler"
 _StreamHandler = logging.StreamHandler
+_Logger = logging.Logger
+_LogRecord = logging.LogRecord
+_record_factory = logging.getLogRecordFactory
 _root = logging.root
 
 
 def sole_json_handler(logger: logging.Logger, levelno: int) -> tuple[logging.StreamHandler[Any], JsonFormatter] | None:
     """The handler a record of ``levelno`` on ``logger`` would reach, when it is the only thing that would see it.
 
-    That is: ``logger`` has no filters and is not disabled, no logger between it and the root has
+    That is: no custom log-record factory is installed, ``logger`` is a plain ``Logger`` with no
+    filters and is not disabled, no logger between it and the root has
     handlers or stops propagation, and the root's one handler is a plain
     ``StreamHandler`` with a :class:`JsonFormatter` (exact classes), no filters and a level the
     record passes. The caller has checked ``logger.isEnabledFor(levelno)``. Then writing
@@ -334,8 +338,8 @@ def sole_json_handler(logger: logging.Logger, levelno: int) -> tuple[logging.Str
     ``logger.handle(record)`` would do, without building the ``LogRecord``; anything else
     (another handler, a filter, the Logstash shipper, a subclass) gets ``None`` and the record.
     """
-    if logger.filters or logger.disabled:
-        return None
+    if logger.filters or logger.disabled or type(logger) is not _Logger or _record_factory() is not _LogRecord:
+        return None  # a record factory or logger class may add to or act on the record
     c = logger
     while c is not _root:
         if c.handlers or not c.propagate:

@@ -321,13 +321,14 @@ class CallCells:
     ) -> None:
         self.report = report
         self.bounds = tuple(hist._upper_bounds)
-        existing = ok._value
-        self.lock = existing._lock if isinstance(existing, _SharedValue) else threading.Lock()
-        for child, attr in ((ok, "_value"), (error, "_value"), (active, "_value"), (hist, "_sum")):
-            setattr(child, attr, self._shared(getattr(child, attr)))
-        hist._buckets[:] = [self._shared(b) for b in hist._buckets]
-        self.ok, self.error, self.active = ok._value, error._value, active._value
-        self.sum, self.buckets = hist._sum, hist._buckets
+        with _SHARE_LOCK:
+            existing = ok._value
+            self.lock = existing._lock if isinstance(existing, _SharedValue) else threading.Lock()
+            for child, attr in ((ok, "_value"), (error, "_value"), (active, "_value"), (hist, "_sum")):
+                setattr(child, attr, self._shared(getattr(child, attr)))
+            hist._buckets[:] = [self._shared(b) for b in hist._buckets]
+            self.ok, self.error, self.active = ok._value, error._value, active._value
+            self.sum, self.buckets = hist._sum, hist._buckets
 
     def _shared(self, value: Any) -> Any:
         if isinstance(value, _SharedValue) and value._lock is self.lock:
@@ -361,6 +362,11 @@ class CallCells:
             self.buckets[index]._exemplar = _LazyExemplar(trace_id, span_id, duration, time.time())
 
 
+#: Held while a child's values are swapped for shared ones: threads binding the same fresh child at
+#: once (a new route's first burst) must end with one set of values, not one each, detached and lost.
+_SHARE_LOCK = threading.Lock()
+
+
 def _lock_of(value: Any) -> threading.Lock:
     return value._lock if isinstance(value, _SharedValue) else threading.Lock()
 
@@ -385,11 +391,13 @@ class HistogramCell:
         self.bounds = tuple(child._upper_bounds)
         if is_multiprocess():
             self.lock: threading.Lock | None = None
-        else:
+            self.sum, self.buckets = child._sum, child._buckets
+            return
+        with _SHARE_LOCK:
             lock = self.lock = _lock_of(child._sum)
             child._sum = _shared_with(child._sum, lock)
             child._buckets[:] = [_shared_with(b, lock) for b in child._buckets]
-        self.sum, self.buckets = child._sum, child._buckets
+            self.sum, self.buckets = child._sum, child._buckets
 
     def observe(self, value: float) -> int:
         """Record ``value``; returns the bucket index."""
@@ -434,9 +442,12 @@ class GaugeCell:
     __slots__ = ("value",)
 
     def __init__(self, child: Any) -> None:
-        if not is_multiprocess():
+        if is_multiprocess():
+            self.value = child._value
+            return
+        with _SHARE_LOCK:
             child._value = _shared_with(child._value, _lock_of(child._value))
-        self.value = child._value
+            self.value = child._value
 
     def inc(self, amount: float) -> None:
         self.value.inc(amount)

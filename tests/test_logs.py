@@ -466,6 +466,9 @@ def _check_sole_json_handler(bare_root: logging.Logger) -> None:
     assert off(lambda: setattr(access, "propagate", False), lambda: setattr(access, "propagate", True)) is None
     assert off(lambda: setattr(access, "disabled", True), lambda: setattr(access, "disabled", False)) is None
     assert off(lambda: handler.setFormatter(ConsoleFormatter()), lambda: handler.setFormatter(JsonFormatter())) is None
+    factory = logging.getLogRecordFactory()
+    assert off(lambda: logging.setLogRecordFactory(lambda *a, **k: factory(*a, **k)),
+               lambda: logging.setLogRecordFactory(factory)) is None  # fmt: skip
     handler.setLevel(logging.ERROR)
     assert sole_json_handler(access, logging.INFO) is None
     assert sole_json_handler(access, logging.ERROR) is not None

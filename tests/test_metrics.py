@@ -246,3 +246,43 @@ def test_multiprocess_mode_sums_workers(tmp_path):
     # are real series; dyn-1..dyn-4 (4 calls per process) land in the overflow series.
     assert 'function_calls_total{otel_metric_overflow="true"} 12.0' in out
     assert 'function_calls_total{function="dyn-1"' not in out
+
+
+def test_cells_bound_to_the_same_child_at_once_lose_nothing(registry):
+    """Threads binding the same fresh child at the same moment (a new route's first burst) share one value."""
+    import sys
+    import threading
+
+    from prometheus_client import Counter, Histogram
+
+    from bakhmach_obs.metrics import GaugeCell, HistogramCell
+
+    hist = Histogram("race_seconds", "race", ["route"], registry=registry)
+    gauge = Counter("race", "race", ["route"], registry=registry)
+    threads_n, rounds, per_thread = 8, 60, 20
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for r in range(rounds):
+            barrier = threading.Barrier(threads_n)
+
+            def work(r=r, barrier=barrier):
+                barrier.wait()
+                h = HistogramCell(hist.labels(str(r)))
+                g = GaugeCell(gauge.labels(str(r)))
+                for _ in range(per_thread):
+                    h.observe(0.1)
+                    g.inc(1)
+
+            threads = [threading.Thread(target=work) for _ in range(threads_n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    expected = threads_n * per_thread
+    for r in range(rounds):
+        assert registry.get_sample_value("race_seconds_count", {"route": str(r)}) == expected
+        assert registry.get_sample_value("race_seconds_sum", {"route": str(r)}) == pytest.approx(0.1 * expected)
+        assert registry.get_sample_value("race_total", {"route": str(r)}) == expected
