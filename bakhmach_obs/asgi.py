@@ -69,8 +69,8 @@ def _mount_template(routes: Any, grown: str) -> str:
     """Map the literal prefix the mounts added to ``root_path`` back to their templates.
 
     Walks the router tree (nested mounts included) with the routers' own regexes, so a mount with
-    path parameters (``/orgs/{org_id}``) never puts a value in a label. Unresolvable prefixes
-    that contain digits become ``/{mount}``.
+    path parameters (``/orgs/{org_id}``) never puts a value in a label. A prefix the routers
+    cannot account for becomes ``/{mount}``.
     """
     parts: list[str] = []
     rest = grown
@@ -89,7 +89,7 @@ def _mount_template(routes: Any, grown: str) -> str:
             routes = getattr(route, "routes", ())
             break
         else:
-            parts.append("/{mount}" if any(ch.isdigit() for ch in rest) else rest)
+            parts.append("/{mount}")  # never the raw text: it may hold a slug or an id
             break
     return "".join(parts)
 
@@ -155,7 +155,7 @@ class ObservabilityMiddleware:
             except Exception as exc:  # noqa: BLE001 - a probe that cannot start costs the metric only
                 rt.report_error("runtime", exc)
 
-    def _route(self, scope: Scope, entry_root: str, top: Any) -> str | None:
+    def _route(self, scope: Scope, entry_root: str, top: Any, status: int = 0) -> str | None:
         explicit = scope.get("bakhmach_obs.route")
         if isinstance(explicit, str):
             return explicit
@@ -165,20 +165,29 @@ class ObservabilityMiddleware:
             except Exception:  # noqa: BLE001 - a faulty resolver costs the route label, not the request
                 return None
         route = _route_template(scope.get("route"))
-        if route is None:
-            return None
         root = scope.get("root_path") or ""
-        if len(root) > len(entry_root) and root.startswith(entry_root):
+        grew = len(root) > len(entry_root) and root.startswith(entry_root)
+        if route is None:
+            # A mounted application without routes of its own (static files, a raw ASGI or WSGI
+            # app) answered: the mount's template and /{path}. A 404 there is a scan like any other.
+            if grew and status and status != 404:
+                return self._mount_prefix(top, root[len(entry_root) :]) + "/{path}"
+            return None
+        if grew:
             # Mounts extend root_path by what they matched; map that back to their templates.
-            grown = root[len(entry_root) :]
-            key = (id(top), grown)
-            prefix = _prefixes.get(key)
-            if prefix is None:
-                prefix = _mount_template(getattr(top, "routes", None), grown)
-                if len(_prefixes) < 10000:
-                    _prefixes[key] = prefix
+            prefix = self._mount_prefix(top, root[len(entry_root) :])
             return prefix + route if route != "/" else prefix
         return route
+
+    @staticmethod
+    def _mount_prefix(top: Any, grown: str) -> str:
+        key = (id(top), grown)
+        prefix = _prefixes.get(key)
+        if prefix is None:
+            prefix = _mount_template(getattr(top, "routes", None), grown)
+            if len(_prefixes) < 10000:
+                _prefixes[key] = prefix
+        return prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watched_rt, watched_loop = self._loop_watched
@@ -232,7 +241,9 @@ class ObservabilityMiddleware:
         cid = ex.start(found[0], found[1], found[2], found[3] or found[4])
         echo = (self._echo, cid.encode("latin-1")) if self._echo is not None else None
         entry_root = root or ""
-        top = scope.get("router") or scope.get("app")  # the outermost router or app, set before us
+        # The outermost router or app: set by Starlette before its middleware runs; when this
+        # middleware wraps the application from outside, the application itself.
+        top = scope.get("router") or scope.get("app") or self.app
 
         async def send_wrapper(message: Message) -> None:
             kind = message["type"]
@@ -240,7 +251,7 @@ class ObservabilityMiddleware:
                 await send(message)
                 more = bool(message.get("more_body", False))
                 if not more:
-                    ex.route = self._route(scope, entry_root, top)
+                    ex.route = self._route(scope, entry_root, top, ex.status)
                 ex.body(len(message.get("body") or b""), more)
                 return
             if kind == "http.response.start":
@@ -266,6 +277,6 @@ class ObservabilityMiddleware:
         finally:
             try:
                 if not ex.done:
-                    ex.finish(None, self._route(scope, entry_root, top))
+                    ex.finish(None, self._route(scope, entry_root, top, ex.status))
             finally:
                 ex.close()

@@ -454,3 +454,47 @@ def test_access_log_direct_path_write_failure_goes_to_the_handlers_error_hook(mo
     assert responses[0].status_code == 200
     access = [r for r in errors if r.name == "bakhmach_obs.access"]
     assert len(access) == 1 and access[0].getMessage() == "GET /v1/users/{user_id} 200"
+
+
+def test_mounts_resolve_when_the_middleware_wraps_the_application_from_outside():
+    """``app = ObservabilityMiddleware(app)`` (no ``add_middleware``): mount slugs never become labels."""
+
+    async def project(request):
+        return JSONResponse({"org": request.path_params["org_slug"]})
+
+    inner = Starlette(routes=[Route("/projects/{project_id}", project)])
+    from starlette.routing import Mount
+
+    app = Starlette(routes=[Mount("/orgs/{org_slug}", app=inner)])
+
+    async def passthrough(scope, receive, send):  # hides the router: the mount cannot be resolved
+        await app(scope, receive, send)
+
+    with capture() as cap:
+        run(ObservabilityMiddleware(app), *[("GET", f"/orgs/{slug}/projects/1") for slug in ("acme", "globex")])
+        run(ObservabilityMiddleware(passthrough), ("GET", "/orgs/initech/projects/2"))
+    routes = {route for _, route, _ in durations(cap)}
+    assert routes == {"/orgs/{org_slug}/projects/{project_id}", "/{mount}/projects/{project_id}"}
+
+
+def test_a_mounted_app_without_routes_is_labelled_by_its_mount(tmp_path):
+    """``app.mount("/static", StaticFiles(...))``: a served file is the mount's template, not unmatched."""
+    from starlette.staticfiles import StaticFiles
+
+    (tmp_path / "a.txt").write_text("hello")
+    app = FastAPI(telemetry=NO_FASTAPI_TELEMETRY)
+    app.mount("/static", StaticFiles(directory=tmp_path))
+
+    async def raw(scope, receive, send):
+        await PlainTextResponse("raw")(scope, receive, send)
+
+    app.mount("/orgs/{org}/raw", raw)
+    app.add_middleware(ObservabilityMiddleware)
+    with capture() as cap:
+        responses = run(app, ("GET", "/static/a.txt"), ("GET", "/static/missing.txt"), ("GET", "/orgs/acme/raw/x"))
+    assert [r.status_code for r in responses] == [200, 404, 200]
+    assert set(durations(cap)) == {
+        ("GET", "/static/{path}", "200"),
+        ("GET", "__unmatched__", "404"),
+        ("GET", "/orgs/{org}/raw/{path}", "200"),
+    }
