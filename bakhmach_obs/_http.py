@@ -373,6 +373,7 @@ class Exchange:
         "client",
         "content_length_out",
         "ctx_token",
+        "deferred_status",
         "done",
         "error",
         "error_type",
@@ -419,6 +420,9 @@ class Exchange:
         self.server: Any = None
         self.client: Any = None
         self.content_length_out: int | None = None
+        #: WSGI: the status line goes out with the first body bytes, so an exception before any
+        #: makes the server answer 500 whatever ``start_response`` was given.
+        self.deferred_status = False
 
     def start(self, traceparent: str | None, tracestate: str | None, baggage: str | None, cid: str | None) -> str:
         """Bind the correlation id, start the span (current until :meth:`close`), count as active."""
@@ -475,6 +479,8 @@ class Exchange:
             self.route = route
         route = self.route or c.HTTP_ROUTE_UNMATCHED
         if exc is not None:
+            if self.deferred_status and not self.bytes_out:
+                self.status = 500
             self.error_type = exception_type_name(exc)
             try:
                 self.error = str(exc) or self.error_type

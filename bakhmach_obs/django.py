@@ -259,6 +259,7 @@ class ObservabilityMiddleware:
         meta = request.META
         get = meta.get
         ex = Exchange(binding, request.method or "GET", path, core.access_log)
+        ex.deferred_status = "wsgi.input" in meta  # served over WSGI, not ASGI
         ex.user_agent = get("HTTP_USER_AGENT")
         ex.query = get("QUERY_STRING") or None
         ex.scheme = request.scheme

@@ -348,6 +348,7 @@ class ObservabilityMiddleware:
             return self.app(environ, start_response)
 
         ex = Exchange(binding, get("REQUEST_METHOD") or "GET", path, core.access_log)
+        ex.deferred_status = True
         ex.user_agent = get("HTTP_USER_AGENT")
         ex.query = get("QUERY_STRING") or None
         ex.scheme = get("wsgi.url_scheme")

@@ -101,6 +101,14 @@ def stream(request):
     return StreamingHttpResponse(chunks(), content_type="text/event-stream")
 
 
+def broken_export(request):
+    def chunks():
+        raise Boom("before the first byte")
+        yield b""  # pragma: no cover - a generator that fails at once
+
+    return StreamingHttpResponse(chunks(), content_type="text/csv")
+
+
 def download(request):
     return FileResponse(io.BytesIO(b"hello world"), filename="a.txt")
 
@@ -140,6 +148,7 @@ urlpatterns = [
     path("missing/<slug:slug>", missing),
     path("stream", stream),
     path("download", download),
+    path("export", broken_export),
     path("async/users/<int:user_id>", async_user),
     path("async/boom", async_boom),
     path("async/stream", async_stream),
@@ -314,6 +323,18 @@ def test_streaming_duration_covers_iteration_and_latency_is_time_to_first_chunk(
         assert span.end_time - span.start_time >= 0.12e9
     assert CLOSED == ["sync"]
     assert bakhmach_obs.correlation_id() is None
+
+
+def test_a_stream_failing_before_its_first_byte_is_a_500_over_wsgi():
+    """The status line has not gone out yet: the server answers 500, and so do the signals."""
+    with capture() as cap:
+        response = Client().get("/export")
+        with pytest.raises(Boom):
+            b"".join(response.streaming_content)
+        assert durations(cap) == {("GET", "/export", "500"): 1.0}
+        (span,) = cap.spans()
+        assert span.attributes["http.response.status_code"] == 500
+        assert span.attributes["error.type"] == "tests.test_django.Boom"
 
 
 def test_file_response_through_the_wsgi_file_wrapper():

@@ -233,6 +233,28 @@ def test_exception_while_iterating_is_recorded_and_reraised_and_close_still_runs
     assert closed == [True]
 
 
+def test_a_body_failing_before_its_first_byte_is_a_500():
+    """WSGI sends the status line with the first body bytes: the server answers 500, so do the signals."""
+
+    def generator_app(environ, start_response):
+        environ[ROUTE_KEY] = "/export"
+        start_response("200 OK", [("Content-Type", "text/csv")])
+        raise Boom("before the first byte")
+        yield b""  # pragma: no cover - a generator that fails at once
+
+    def app_raising_after_start_response(environ, start_response):
+        environ[ROUTE_KEY] = "/late"
+        start_response("200 OK", [])
+        raise Boom("late")
+
+    with capture() as cap:
+        for wsgi_app, path in ((generator_app, "/export"), (app_raising_after_start_response, "/late")):
+            with pytest.raises(Boom):
+                call(ObservabilityMiddleware(wsgi_app), path)
+        assert durations(cap) == {("GET", "/export", "500"): 1.0, ("GET", "/late", "500"): 1.0}
+        assert {s.attributes["http.response.status_code"] for s in cap.spans()} == {500}
+
+
 def test_glue_reported_error_gives_error_type_to_a_500_response():
     def handled(environ, start_response):
         environ[ROUTE_KEY] = "/handled"
