@@ -9,6 +9,7 @@ caches); :class:`Exchange` holds one request's state.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -63,6 +64,7 @@ _CID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}")
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[ -~]*)?")
 _KNOWN = c.HTTP_KNOWN_METHODS
 _SERVER = SpanKind.SERVER
+_Cancelled = asyncio.CancelledError
 _ERROR = StatusCode.ERROR
 _attach = otel_context.attach
 _detach = otel_context.detach
@@ -478,6 +480,12 @@ class Exchange:
         if route is not None:
             self.route = route
         route = self.route or c.HTTP_ROUTE_UNMATCHED
+        if isinstance(exc, _Cancelled):
+            # The server cancelled the application (the client went away, a shutdown deadline):
+            # not a server error. Without a response yet it is nginx's 499, Client Closed Request.
+            exc = None
+            if not self.status:
+                self.status = c.HTTP_STATUS_CLIENT_CLOSED
         if exc is not None:
             if self.deferred_status and not self.bytes_out:
                 self.status = 500

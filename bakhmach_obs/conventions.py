@@ -108,6 +108,7 @@ __all__ = [
     "HTTP_SERVER_REQUEST_SIZE",
     "HTTP_SERVER_RESPONSE_SIZE",
     "HTTP_SERVER_STREAM_DURATION",
+    "HTTP_STATUS_CLIENT_CLOSED",
     "LABEL_CACHE_NAME",
     "LABEL_CACHE_OPERATION",
     "LABEL_CACHE_RESULT",
@@ -299,6 +300,9 @@ HTTP_METHOD_OTHER = "_OTHER"
 HTTP_KNOWN_METHODS = frozenset(("CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"))
 #: ``http_route`` for requests no route matched (404 scans collapse into this one value).
 HTTP_ROUTE_UNMATCHED = "__unmatched__"
+#: ``http_response_status_code`` of a request the server cancelled before any response (the client
+#: went away): nginx's 499, Client Closed Request. A 4xx, so it never counts as a server error.
+HTTP_STATUS_CLIENT_CLOSED = 499
 
 #: Values of the ``result`` label.
 RESULT_OK = "ok"

@@ -498,3 +498,36 @@ def test_a_mounted_app_without_routes_is_labelled_by_its_mount(tmp_path):
         ("GET", "__unmatched__", "404"),
         ("GET", "/orgs/{org}/raw/{path}", "200"),
     }
+
+
+def test_a_request_the_server_cancels_is_a_499_not_a_server_error():
+    """Servers cancel the application when the client goes away: a 499, never a 5xx, and re-raised."""
+    started = asyncio.Event()
+
+    async def slow(scope, receive, send):
+        started.set()
+        await asyncio.sleep(30)
+
+    async def serve_and_cancel():
+        task = asyncio.ensure_future(ObservabilityMiddleware(slow)(
+            {"type": "http", "method": "GET", "path": "/report", "headers": [], "bakhmach_obs.route": "/report"},
+            _empty_receive, _discard))  # fmt: skip
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with capture() as cap:
+        asyncio.run(serve_and_cancel())
+        assert durations(cap) == {("GET", "/report", "499"): 1.0}
+        (span,) = cap.spans()
+        assert span.status.status_code is not StatusCode.ERROR and "error.type" not in span.attributes
+        assert cap.sample("http_server_active_requests", http_request_method="GET") == 0
+
+
+async def _empty_receive():
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _discard(message):
+    return None
