@@ -31,7 +31,9 @@ Example:
 
 from __future__ import annotations
 
+import enum
 import logging
+import math
 import re
 import sys
 import time
@@ -51,7 +53,12 @@ try:  # the optional fast encoder: pip install bakhmach-obs[orjson]
     import orjson as _orjson
 except ImportError:  # pragma: no cover - exercised by the minimal session
     _orjson = None  # type: ignore[assignment]
-_ORJSON_OPTIONS = getattr(_orjson, "OPT_NON_STR_KEYS", 0) | getattr(_orjson, "OPT_SERIALIZE_NUMPY", 0)
+#: Dataclasses go through ``default`` (not orjson's own encoding) so that they are redacted.
+_ORJSON_OPTIONS = (
+    getattr(_orjson, "OPT_NON_STR_KEYS", 0)
+    | getattr(_orjson, "OPT_SERIALIZE_NUMPY", 0)
+    | getattr(_orjson, "OPT_PASSTHROUGH_DATACLASS", 0)
+)
 _get_current_span = trace.get_current_span
 
 try:  # one context-variable read instead of get_current_span()'s three calls (private OTel names)
@@ -87,9 +94,12 @@ _SKIP = _RECORD_ATTRS | RESERVED_FIELDS
 _BASE_ATTRS = len(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
+_HEX2 = re.compile(r"[0-9a-f]{2}")
 #: Characters json.dumps(ensure_ascii=False) leaves raw but that break "one record, one line"
 #: for some readers: DEL, C1 controls and the Unicode line/paragraph separators.
-_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029]")
+#: Lone surrogates (``os.fsdecode`` of a file name that is not UTF-8) are escaped too: a UTF-8
+#: stream cannot write them, and the whole record would be lost.
+_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def _escape_unsafe(match: re.Match[str]) -> str:
@@ -129,6 +139,99 @@ def exception_type_name(exc: BaseException) -> str:
     return cls.__qualname__ if module in ("builtins", "__main__") else f"{module}.{cls.__qualname__}"
 
 
+_LEVELS = frozenset(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+
+def _standard_level(levelno: Any) -> str:
+    """The standard level name at or below ``levelno`` (the schema knows only those five)."""
+    n = levelno if isinstance(levelno, int) else logging.INFO
+    return "CRITICAL" if n >= 50 else "ERROR" if n >= 40 else "WARNING" if n >= 30 else "INFO" if n >= 20 else "DEBUG"
+
+
+def _key_text(key: Any) -> str:
+    """A non-str field name as JSON will write it (an Enum by its value), for the reserved-name check."""
+    if isinstance(key, enum.Enum):
+        key = key.value
+    try:
+        return key if isinstance(key, str) else str(key)
+    except Exception:  # noqa: BLE001 - a key whose str() raises
+        return f"<{type(key).__qualname__}>"
+
+
+def _exception_text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises: its type says enough
+        return exception_type_name(exc)
+
+
+#: Fields the record schema gives a type (besides the reserved ones), and the types it allows.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "user_id": (str, int),
+    "action": (str,),
+    "error": (str,),
+    "error_type": (str,),
+    "error_code": (str, int),
+    "stacktrace": (str,),
+    "duration_ms": (int, float),
+}
+_TYPED = frozenset(_FIELD_TYPES)
+_INF = math.inf
+_SAFE_CID = re.compile(r"[\x20-\x7e]{1,256}")
+
+
+def _conform(fields: dict[str, Any], typed: frozenset[str]) -> None:
+    """Give the schema's typed fields (``typed``, those present) their type.
+
+    Text fields stay text (any other value is written as its text, redacted like any text),
+    ``duration_ms`` is a finite number >= 0, and ``None`` means unknown: the field is dropped, as
+    is a ``duration_ms`` that is not such a number. One record never breaks a log index's field
+    mapping.
+    """
+    for key in typed:
+        value = fields[key]
+        if type(value) in _FIELD_TYPES[key] and (key != "duration_ms" or 0 <= value < _INF):
+            continue
+        _fix(fields, key, value)
+    if "error_type" in typed and "error" not in fields:
+        fields["error"] = fields.get("error_type") or "error"
+
+
+def _fix(fields: dict[str, Any], key: str, value: Any) -> None:
+    if value is None:
+        del fields[key]
+    elif key == "duration_ms":
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else -1.0
+        if 0 <= number < _INF:
+            fields[key] = number
+        else:
+            del fields[key]
+    elif isinstance(value, BaseException):
+        fields[key] = _exception_text(value)
+    else:
+        try:
+            fields[key] = _text(value, _FIELD_TYPES[key])
+        except Exception:  # noqa: BLE001 - unrenderable: dropped
+            del fields[key]
+
+
+def _text(value: Any, kinds: tuple[type, ...]) -> Any:
+    if int in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    return str.__str__(value) if isinstance(value, str) else str(value)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity replaced by ``None`` (what orjson writes for them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _valid_ids(record: logging.LogRecord) -> tuple[str, str, str] | None:
     """Trace ids passed as ``extra`` (by the SDK after a span ended), if well-formed and non-zero."""
     tid = record.__dict__.get("trace_id")
@@ -142,7 +245,7 @@ def _valid_ids(record: logging.LogRecord) -> tuple[str, str, str] | None:
         and sid.strip("0")
     ):
         flags = record.__dict__.get("trace_flags")
-        return tid, sid, flags if isinstance(flags, str) and len(flags) == 2 else "01"
+        return tid, sid, flags if isinstance(flags, str) and _HEX2.fullmatch(flags) else "01"
     return None
 
 
@@ -167,9 +270,23 @@ class JsonFormatter(_PJLJsonFormatter):
         super().__init__(**kwargs)
         self.service = service
         self.redaction = redaction
-        encoder = JsonEncoder(ensure_ascii=False, separators=(", ", ": "))
+        self._render_default = JsonEncoder().default  # python-json-logger's rendering of other types
+        encoder = JsonEncoder(ensure_ascii=False, separators=(", ", ": "), allow_nan=False, default=self._default)
         self._encode_std = encoder.encode
-        self._default = encoder.default
+
+    def _default(self, value: Any) -> Any:
+        """A value JSON has no type for, as the encoder will write it, then redacted.
+
+        Redaction runs before encoding and leaves objects it does not know alone; what the encoder
+        makes of them (a dataclass's fields, a pydantic model's dump, an exception's or any
+        object's text) is redacted here, so that their fields and text get the same policy.
+        """
+        try:
+            dump = getattr(value, "model_dump", None)  # pydantic v2
+            rendered = dump() if callable(dump) and not isinstance(value, type) else self._render_default(value)
+        except Exception:  # noqa: BLE001 - an object that cannot be rendered is named, not shown
+            rendered = f"<unrenderable {type(value).__qualname__}>"
+        return (self.redaction or _policy()).redact(rendered)
 
     def _encode(self, data: dict[str, Any]) -> str:
         if _orjson is not None:
@@ -177,7 +294,10 @@ class JsonFormatter(_PJLJsonFormatter):
                 return _orjson.dumps(data, default=self._default, option=_ORJSON_OPTIONS).decode()
             except (TypeError, ValueError):  # e.g. an int beyond 64 bits: the standard encoder copes
                 pass
-        return str(self._encode_std(data))
+        try:
+            return str(self._encode_std(data))
+        except ValueError:  # NaN or an infinity, which JSON has no literal for: null, as orjson writes
+            return str(self._encode_std(_finite(data)))
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as one line of JSON. Never raises."""
@@ -204,14 +324,16 @@ class JsonFormatter(_PJLJsonFormatter):
             return self._unformattable(exc, created, levelname, name)
 
     def _unformattable(self, exc: Exception, created: float, levelname: str, name: str) -> str:
-        _runtime.current().report_error("logging", exc)
+        rt = _runtime.current()
+        rt.report_error("logging", exc)
+        cid = CORRELATION_ID.get()
         fallback = {
             "timestamp": _iso_utc(created),
-            "service": self.service or "unknown_service",
-            "level": levelname,
+            "service": self.service or rt.settings.service_name or "unknown_service",
+            "level": levelname if levelname in _LEVELS else "ERROR",
             "message": "[unformattable log record]",
-            "logger": name,
-            "correlation_id": None,
+            "logger": name if isinstance(name, str) else "unknown",
+            "correlation_id": cid if isinstance(cid, str) and _SAFE_CID.fullmatch(cid) else None,
         }
         return str(self._encode_std(fallback))
 
@@ -225,19 +347,26 @@ class JsonFormatter(_PJLJsonFormatter):
             # LogRecord.__init__ sets its own attributes first; extra= fields and anything added
             # later (message, asctime by other formatters) come after them.
             for key, value in islice(attrs.items(), _BASE_ATTRS, None):
+                if type(key) is not str:
+                    key = _key_text(key)  # an Enum key would otherwise be written as its value
                 if key not in _SKIP:
                     fields[key] = value
         exc_info = record.exc_info
         if exc_info and exc_info[1] is not None:
             exc = exc_info[1]
-            fields.setdefault("error", str(exc))
-            fields.setdefault("error_type", exception_type_name(exc))
+            if fields.get("error") is None:
+                fields["error"] = _exception_text(exc)
+            if fields.get("error_type") is None:
+                fields["error_type"] = exception_type_name(exc)
             fields["stacktrace"] = "".join(traceback.format_exception(exc_info[0], exc, exc_info[2]))
         elif record.exc_text:
             fields["stacktrace"] = record.exc_text
         if record.stack_info:
             fields["stack_info"] = record.stack_info
-        return self._render(rt, record.created, record.msecs, record.levelname, record.name, message, fields, record)
+        level = record.levelname
+        if level not in _LEVELS:  # a custom level: the standard name at or below it
+            level = _standard_level(record.levelno)
+        return self._render(rt, record.created, record.msecs, level, record.name, message, fields, record)
 
     def _render(
         self,
@@ -268,6 +397,9 @@ class JsonFormatter(_PJLJsonFormatter):
                 data["trace_id"], data["span_id"], data["trace_flags"] = ids
         policy = self.redaction or rt.redaction
         if fields:
+            typed = _TYPED.intersection(fields)
+            if typed:
+                _conform(fields, typed)
             data["message"], redacted = policy.redact_message_and_fields(message, fields)
             data.update(redacted)
         else:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -304,7 +305,8 @@ class RedactionPolicy:
     def is_denied(self, key: str) -> bool:
         """Whether values under ``key`` are replaced (see "How keys match" in the module docs).
 
-        Keys that are neither ``str`` nor ``bytes`` are never denied (they are not converted).
+        An Enum key is judged by its value (what JSON writes); other keys that are neither ``str`` nor
+        ``bytes`` are never denied.
         """
         try:
             verdict = self._verdicts.get(key)
@@ -324,6 +326,8 @@ class RedactionPolicy:
                 return isinstance(key, (str, bytes))  # fail closed for text keys we cannot read
 
     def _decide(self, key: Any) -> bool:
+        if isinstance(key, enum.Enum) and not isinstance(key, str):
+            key = key.value  # JSON writes an Enum key as its value
         if isinstance(key, (bytes, bytearray)):
             key = bytes(key).decode("latin-1")
         elif not isinstance(key, str):

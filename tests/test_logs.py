@@ -7,6 +7,7 @@ import decimal
 import io
 import json
 import logging
+import sys
 import threading
 from importlib.resources import files
 
@@ -491,3 +492,132 @@ def test_correlation_scope_ends_what_the_unit_of_work_bound():
             bakhmach_obs.bind(user_id="alice")
             assert dict(bakhmach_obs.bound_fields()) == {"tenant": "acme", "user_id": "alice"}
         assert dict(bakhmach_obs.bound_fields()) == {"tenant": "acme"}
+
+
+# --- values JSON has no type for, keys that are not str, and the schema's typed fields ---------
+
+
+def _json_line(**extra) -> dict:
+    record = logging.LogRecord("shop", logging.INFO, __file__, 1, "m", (), None)
+    record.__dict__.update(extra)
+    line = JsonFormatter(service="backend").format(record)
+    assert "\n" not in line
+    data = json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    VALIDATOR.validate(data)
+    return data
+
+
+def test_objects_are_redacted_as_the_encoder_renders_them():
+    import dataclasses
+
+    from pydantic import BaseModel
+
+    @dataclasses.dataclass
+    class Creds:
+        user: str
+        password: str
+
+    class Login(BaseModel):
+        user: str
+        api_key: str
+
+    class Conn:
+        def __str__(self):
+            return "postgres://app:Sup3rS3cret@db/x Bearer abc.def"
+
+    data = _json_line(creds=Creds("bob", "hunter2"), login=Login(user="bob", api_key="k-123"), conn=Conn(),
+                      cause=ValueError("login failed for Bearer tok123"))  # fmt: skip
+    text = json.dumps(data)
+    for secret in ("hunter2", "k-123", "Sup3rS3cret", "abc.def", "tok123"):
+        assert secret not in text
+    assert data["creds"] == {"user": "bob", "password": "[REDACTED]"}
+    assert data["login"] == {"user": "bob", "api_key": "[REDACTED]"}
+
+
+def test_enum_keys_never_replace_reserved_fields_nor_escape_the_denylist():
+    import enum
+
+    class Key(enum.Enum):
+        LEVEL = "level"
+        CID = "correlation_id"
+        PASSWORD = "password"
+
+    record = logging.LogRecord("shop", logging.INFO, __file__, 1, "m", (), None)
+    record.__dict__.update({Key.LEVEL: "CRITICAL", Key.CID: "forged", Key.PASSWORD: "hunter2"})
+    record.nested = {Key.PASSWORD: "hunter3"}
+    line = JsonFormatter(service="backend").format(record)
+    assert line.count('"level"') == 1 and "forged" not in line
+    assert "hunter2" not in line and "hunter3" not in line
+    assert json.loads(line)["level"] == "INFO"
+
+
+def test_nan_infinity_and_huge_ints_stay_json_on_the_standard_encoder():
+    data = _json_line(ratio=float("nan"), n=2**70, peak=float("inf"), nested={"x": float("-inf")})
+    assert data["ratio"] is None and data["n"] == 2**70 and data["peak"] is None and data["nested"] == {"x": None}
+
+
+def test_a_lone_surrogate_does_not_lose_the_record():
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter(service="backend"))
+    logger = logging.getLogger("tests.logs.surrogate")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("file %s", b"caf\xff".decode("utf-8", "surrogateescape"))
+    finally:
+        logger.removeHandler(handler)
+    stream.flush()
+    (line,) = stream.buffer.getvalue().decode().splitlines()
+    assert json.loads(line)["message"] == "file caf\udcff"
+
+
+def test_an_exception_whose_str_raises_keeps_its_record():
+    class Weird(Exception):
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    try:
+        raise Weird
+    except Weird:
+        record = logging.LogRecord("shop", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    data = json.loads(JsonFormatter(service="backend").format(record))
+    VALIDATOR.validate(data)
+    assert data["message"] == "failed" and data["error"].endswith("Weird") and "stacktrace" in data
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"user_id": None}, {}),
+        ({"user_id": 1.5}, {"user_id": "1.5"}),
+        ({"user_id": 42}, {"user_id": 42}),
+        ({"duration_ms": float("nan")}, {}),
+        ({"duration_ms": -1}, {}),
+        ({"duration_ms": "12"}, {}),
+        ({"duration_ms": True}, {}),
+        ({"duration_ms": 12}, {"duration_ms": 12}),
+        ({"error": 500}, {"error": "500"}),
+        ({"error_type": "Timeout"}, {"error_type": "Timeout", "error": "Timeout"}),
+        ({"error_code": 1.5}, {"error_code": "1.5"}),
+        ({"action": ["a"]}, {"action": "['a']"}),
+    ],
+)
+def test_typed_fields_always_match_the_schema(extra, expected):
+    data = _json_line(**extra)
+    assert {k: data[k] for k in _TYPED_KEYS if k in data} == expected
+
+
+_TYPED_KEYS = ("user_id", "action", "error", "error_type", "error_code", "duration_ms", "stacktrace")
+
+
+def test_custom_levels_are_written_as_the_standard_level_at_or_below():
+    record = logging.LogRecord("shop", 25, __file__, 1, "m", (), None)
+    assert json.loads(JsonFormatter(service="b").format(record))["level"] == "INFO"
+    record = logging.LogRecord("shop", 5, __file__, 1, "m", (), None)
+    assert json.loads(JsonFormatter(service="b").format(record))["level"] == "DEBUG"
+
+
+def test_trace_flags_passed_by_the_sdk_must_be_hex():
+    data = _json_line(trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331", trace_flags="zz")
+    assert data["trace_flags"] == "01"
