@@ -963,7 +963,10 @@ SPAN_ATTRIBUTES: tuple[SpanAttribute, ...] = (
         "On failure: the exception's qualified class name, or `_OTHER` when `record_error_if` "
         "marked a returned value as an error.",
     ),
-    SpanAttribute(ATTR_CORRELATION_ID, "The request's correlation id, when one is bound."),
+    SpanAttribute(
+        ATTR_CORRELATION_ID,
+        "The correlation id: the one bound for server and consumer spans, the `X-Correlation-ID` sent for client spans.",
+    ),
     SpanAttribute(ATTR_HTTP_METHOD, "HTTP method, or `_OTHER` for a method outside the known set."),
     SpanAttribute(ATTR_HTTP_METHOD_ORIGINAL, "The method as received, when it was replaced by `_OTHER`."),
     SpanAttribute(ATTR_HTTP_ROUTE, "The route template (`/users/{user_id}`), never the raw path."),
@@ -971,7 +974,11 @@ SPAN_ATTRIBUTES: tuple[SpanAttribute, ...] = (
     SpanAttribute(ATTR_URL_PATH, "Server spans: the request path."),
     SpanAttribute(ATTR_URL_QUERY, "Server spans: the query string, redacted."),
     SpanAttribute(ATTR_URL_SCHEME, "`http` or `https`."),
-    SpanAttribute(ATTR_URL_FULL, "Client spans: the full URL, with userinfo and signed-URL keys redacted."),
+    SpanAttribute(
+        ATTR_URL_FULL,
+        "Client spans: the full URL; userinfo and signed-URL keys redacted, the query and fragment through the "
+        "redaction patterns.",
+    ),
     SpanAttribute(ATTR_SERVER_ADDRESS, "Host the request was sent to (client) or received on (server)."),
     SpanAttribute(ATTR_SERVER_PORT, "Port of that host."),
     SpanAttribute(ATTR_CLIENT_ADDRESS, "Server spans: the peer's address."),

@@ -4,8 +4,9 @@ Each instrumented request records
 
 * a span of kind CLIENT named after the method (``GET``; ``HTTP`` for a method outside the known
   set), with ``http.request.method``, ``url.full`` (userinfo and signed-URL query values
-  redacted by the runtime's redaction policy), ``server.address``, ``server.port``,
-  ``http.response.status_code`` and the correlation id when one is bound. A status of 400 or more
+  redacted by the runtime's redaction policy, the query and fragment through its text patterns
+  too), ``server.address``, ``server.port``, ``http.response.status_code`` and, when a
+  correlation id is bound, the ``X-Correlation-ID`` the request carried. A status of 400 or more
   sets ``error.type`` to the code (``"503"``) and the span status to ERROR (4xx is an error for a
   client span); an exception sets ``error.type`` to its qualified class name, records it (message
   and stack trace redacted too) and re-raises it unchanged;
@@ -16,11 +17,17 @@ Each instrumented request records
   Prometheus gives an absent label, as an OpenTelemetry Collector would export the same data;
 * the W3C ``traceparent`` (and ``tracestate``/``baggage`` when present) of the client span and,
   when a correlation id is bound, ``X-Correlation-ID`` in the outgoing headers. A caller's own
-  ``X-Correlation-ID`` is kept; ``traceparent`` is always the client span's.
+  ``X-Correlation-ID`` is kept; a bound id the server side would reject (not 1-128 of
+  ``A-Za-z0-9._:-``) is not sent and counts as a telemetry error. ``traceparent`` is always the
+  client span's, and a caller's ``tracestate`` goes with the ``traceparent`` it replaced.
 
 Nothing is recorded and no header is added inside ``bakhmach_obs.suppress()``, while
 OpenTelemetry's instrumentation suppression is active (the SDK's own OTLP exporter sends its
-batches that way, so exporting never traces itself), or when the SDK is disabled.
+batches that way, so exporting never traces itself), or when the SDK is disabled. An
+instrumented requests call sets OpenTelemetry's HTTP suppression underneath it (urllib3's
+instrumentation stays quiet) with a value this module recognises: only that session's own
+``send`` (the redirects it follows) is left unrecorded, not the calls its response hooks or
+adapters make.
 
 The duration ends when the response headers arrived: httpx transports return then; for requests
 it is the time requests itself measures (``Response.elapsed``, summed over the redirects it
@@ -58,9 +65,11 @@ from urllib.parse import urlsplit
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY
+from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import conventions as c
+from ._http import _CID
 from ._runtime import Runtime, per_runtime
 from .context import CORRELATION_ID, SUPPRESSED, otel_suppressed
 from .logs import exception_type_name
@@ -90,6 +99,12 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _CLIENT = SpanKind.CLIENT
 #: Marks the functions and transports this module installed (idempotence, uninstrumenting).
 _MARK = "_bakhmach_obs_http_client"
+#: How many secret-free URLs a runtime remembers (see ``_Bound.url_full``).
+_CLEAN_URLS_MAX = 1024
+_BAD_CID = (
+    f"the bound correlation id is not a valid {CORRELATION_HEADER} (1-128 of A-Za-z0-9._:-, starting with a letter "
+    "or digit); the request goes out without the header"
+)
 
 _ClientT = TypeVar("_ClientT", bound="httpx.Client | httpx.AsyncClient")
 
@@ -97,13 +112,15 @@ _ClientT = TypeVar("_ClientT", bound="httpx.Client | httpx.AsyncClient")
 class _Bound:
     """What a request needs from the runtime, resolved once per ``configure()``."""
 
-    __slots__ = ("exemplars", "family", "on", "redaction", "rt", "tracer")
+    __slots__ = ("clean_urls", "exemplars", "family", "on", "redaction", "rt", "tracer")
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.on = rt.enabled
         self.tracer = rt.tracer
         self.redaction = rt.redaction
+        #: URLs the policy leaves as they are (bounded; cleared when full): ``url.full`` at a set lookup
+        self.clean_urls: set[str] = set()
         self.family: Any = None
         if rt.metrics_enabled:
             try:
@@ -112,13 +129,90 @@ class _Bound:
                 rt.report_error("metrics", exc)
         self.exemplars = rt.exemplars and self.family is not None
 
+    def url_full(self, url: str) -> str:
+        """``url`` redacted for ``url.full`` (see :func:`_redact_url`)."""
+        clean = self.clean_urls
+        if url in clean:
+            return url
+        out = _redact_url(self.redaction, url)
+        if out == url:  # only URLs without secrets are remembered
+            if len(clean) >= _CLEAN_URLS_MAX:
+                clean.clear()
+            clean.add(url)
+        return out
+
 
 _bound = per_runtime(_Bound)
 
 
-def _otel_suppressed() -> bool:
-    """OpenTelemetry's instrumentation suppression (all instrumentation, or HTTP only) is on."""
-    return otel_suppressed() or bool(otel_context.get_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY))
+class _QuietSend:
+    """The value of OpenTelemetry's HTTP-suppression key while an instrumented requests ``send`` runs.
+
+    It is truthy, so OpenTelemetry's HTTP instrumentations underneath (urllib3's) stay quiet. This
+    module knows it apart from a real suppression: only the same session's ``send`` stays
+    unrecorded under it (the redirects requests follows, a session instrumented both ways), while
+    calls that a response hook or a custom adapter makes through httpx or another session are
+    recorded as usual.
+    """
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: object) -> None:
+        self.session = session
+
+
+class _Setter(Setter[MutableMapping[str, Any]]):
+    """Writes what the propagator injects and remembers whether it wrote the trace context."""
+
+    __slots__ = ("parent", "state")
+
+    def __init__(self) -> None:
+        self.parent = False
+        self.state = False
+
+    def set(self, carrier: MutableMapping[str, Any], key: str, value: str) -> None:
+        carrier[key] = value
+        name = key.lower()
+        if name == "traceparent":
+            self.parent = True
+        elif name == "tracestate":
+            self.state = True
+
+
+def _redact_url(policy: Any, url: str) -> str:
+    """``url`` through the policy: ``redact_url`` (semconv), then its query and fragment through ``redact_text``.
+
+    The server side treats ``url.query`` the same way, so bearer tokens, JWTs and card numbers in a
+    query are cut out on both sides by the one policy. The path is kept as it is.
+    """
+    out: str = policy.redact_url(url)
+    cut = out.find("?")
+    if cut < 0:
+        cut = out.find("#")
+        if cut < 0:
+            return out
+    return out[:cut] + str(policy.redact_text(out[cut:]))
+
+
+def _correlation_header(b: _Bound, cid: str, headers: MutableMapping[str, Any]) -> str | None:
+    """Add ``X-Correlation-ID`` unless the caller set it; the value the request carries, if any.
+
+    A bound id that the called service would not accept (the server side's rule: 1-128 of
+    ``A-Za-z0-9._:-``, starting with a letter or digit) is not sent: it could break the request
+    (a line break) and the service would replace it anyway. That is counted as a telemetry error.
+    """
+    try:
+        if CORRELATION_HEADER in headers:
+            own = headers[CORRELATION_HEADER]
+            return own.decode("latin-1") if isinstance(own, bytes) else str(own)
+        if _CID.fullmatch(cid) is None:
+            b.rt.report_error("tracing", ValueError(_BAD_CID))
+            return None
+        headers[CORRELATION_HEADER] = cid
+        return cid
+    except Exception as exc:  # noqa: BLE001 - the request goes out without the header
+        b.rt.report_error("tracing", exc)
+        return None
 
 
 def _host_port(url: str) -> tuple[str, int | None, str]:
@@ -144,7 +238,7 @@ class _Call:
         port: int | None,
         scheme: str,
         headers: MutableMapping[str, Any],
-        quiet: bool,
+        session: object,
     ) -> None:
         self.b = b
         self.url = url
@@ -153,13 +247,16 @@ class _Call:
         self.token: object = None
         known = method in c.HTTP_KNOWN_METHODS
         self.method = method if known else c.HTTP_METHOD_OTHER
+        cid = CORRELATION_ID.get()
+        if cid is not None:  # the header goes first: the span names the id the request carries
+            cid = _correlation_header(b, cid, headers)
         ctx = None
         tracer = b.tracer
         if tracer is not None:
             try:
                 attributes: dict[str, Any] = {
                     c.ATTR_HTTP_METHOD: self.method,
-                    c.ATTR_URL_FULL: b.redaction.redact_url(url),
+                    c.ATTR_URL_FULL: b.url_full(url),
                     c.ATTR_SERVER_ADDRESS: host,
                 }
                 if port is None:
@@ -168,7 +265,6 @@ class _Call:
                     attributes[c.ATTR_SERVER_PORT] = port
                 if not known:
                     attributes[c.ATTR_HTTP_METHOD_ORIGINAL] = method
-                cid = CORRELATION_ID.get()
                 if cid is not None:
                     attributes[c.ATTR_CORRELATION_ID] = cid
                 span = tracer.start_span(method if known else _SPAN_NAME_OTHER, kind=_CLIENT, attributes=attributes)
@@ -177,15 +273,15 @@ class _Call:
             except Exception as exc:  # noqa: BLE001
                 b.rt.report_error("tracing", exc)
         try:
-            propagate.inject(headers, context=ctx)
-            cid = CORRELATION_ID.get()
-            if cid is not None and CORRELATION_HEADER not in headers:
-                headers[CORRELATION_HEADER] = cid
+            setter = _Setter()
+            propagate.inject(headers, context=ctx, setter=setter)
+            if setter.parent and not setter.state and "tracestate" in headers:
+                del headers["tracestate"]  # the caller's, for the traceparent it no longer carries
         except Exception as exc:  # noqa: BLE001 - the request goes out without the headers
             b.rt.report_error("tracing", exc)
         try:
-            if quiet:  # requests: the redirects it follows (Session.send again) and urllib3 stay quiet
-                ctx = otel_context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, ctx)
+            if session is not None:  # requests: see _QuietSend
+                ctx = otel_context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, _QuietSend(session), ctx)
             if ctx is not None:
                 self.token = otel_context.attach(ctx)
         except BaseException:
@@ -245,8 +341,8 @@ class _Call:
     def _exception_attributes(self, exc: BaseException) -> dict[str, Any]:
         """``exception.message``/``stacktrace`` with the URL's secrets cut out (they often quote it)."""
         url = self.url
-        redacted = self.b.redaction.redact_url(url)
         policy = self.b.redaction
+        redacted = _redact_url(policy, url)
 
         def clean(text: str) -> str:
             if redacted != url:
@@ -286,19 +382,25 @@ def _begin(
     headers: MutableMapping[str, Any],
     parts: tuple[str, int | None, str] | None = None,
     *,
-    quiet: bool = False,
+    session: object = None,
 ) -> _Call | None:
-    """Start recording a request, or None when it must not be recorded (or recording failed)."""
+    """Start recording a request, or None when it must not be recorded (or recording failed).
+
+    ``session`` is the requests session whose ``send`` this is (None for httpx).
+    """
     b = _bound()
-    if not b.on or SUPPRESSED.get() or _otel_suppressed():
+    if not b.on or SUPPRESSED.get() or otel_suppressed():
         return None
+    held = otel_context.get_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY)
+    if held and (type(held) is not _QuietSend or held.session is session):
+        return None  # OpenTelemetry's HTTP suppression, or this session's own send again
     try:
         if type(method) is not str:
             method = method.decode("ascii") if isinstance(method, bytes) else str(method)
         if type(url) is not str:
             url = str(url)
         host, port, scheme = parts if parts is not None else _host_port(url)
-        return _Call(b, method, url, host, port, scheme, headers, quiet)
+        return _Call(b, method, url, host, port, scheme, headers, session)
     except Exception as exc:  # noqa: BLE001 - the request goes out unrecorded
         b.rt.report_error("instrument", exc)
         return None
@@ -475,8 +577,14 @@ def _requests_headers_time(response: Any) -> Callable[[float], float]:
     return headers_time
 
 
-def _send(send: Callable[..., Any], request: requests.PreparedRequest, args: tuple[Any, ...], kwargs: Any) -> Any:
-    call = _begin(request.method, request.url, request.headers, quiet=True)
+def _send(
+    send: Callable[..., Any],
+    session: requests.Session,
+    request: requests.PreparedRequest,
+    args: tuple[Any, ...],
+    kwargs: Any,
+) -> Any:
+    call = _begin(request.method, request.url, request.headers, session=session)
     if call is None:
         return send(*args, **kwargs)
     try:
@@ -504,7 +612,7 @@ def instrument_requests(session: requests.Session | None = None) -> None:
         original = session.send
 
         def send(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-            return _send(original, request, (request,), kwargs)  # type: ignore[no-any-return]
+            return _send(original, session, request, (request,), kwargs)  # type: ignore[no-any-return]
 
         setattr(send, _MARK, True)
         send.__wrapped__ = original  # type: ignore[attr-defined]
@@ -516,7 +624,7 @@ def instrument_requests(session: requests.Session | None = None) -> None:
         unpatched = requests.Session.send
 
         def patched(self: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-            return _send(unpatched, request, (self, request), kwargs)  # type: ignore[no-any-return]
+            return _send(unpatched, self, request, (self, request), kwargs)  # type: ignore[no-any-return]
 
         patched.__name__, patched.__qualname__, patched.__doc__ = "send", "Session.send", unpatched.__doc__
         setattr(patched, _MARK, True)

@@ -20,9 +20,15 @@ import httpx
 import pytest
 import requests
 from opentelemetry import context as otel_context
-from opentelemetry.instrumentation.utils import suppress_http_instrumentation, suppress_instrumentation
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import (
+    is_http_instrumentation_enabled,
+    suppress_http_instrumentation,
+    suppress_instrumentation,
+)
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags, TraceState
 from prometheus_client import CollectorRegistry
+from requests.adapters import HTTPAdapter
 
 import bakhmach_obs
 from bakhmach_obs import http_client
@@ -226,6 +232,91 @@ def test_httpx_keeps_the_callers_correlation_header(server, cap):
     with bakhmach_obs.correlation_scope("req-1"), httpx.Client(transport=httpx_transport()) as client:
         received = client.get(server.url(), headers={"X-Correlation-ID": "mine"}).json()["headers"]
     assert received["x-correlation-id"] == "mine"
+    # the span names the id the called service saw, not the bound one
+    assert only_client_span(cap).attributes["bakhmach.correlation_id"] == "mine"
+
+
+def test_requests_keeps_the_callers_correlation_header(server, cap):
+    with requests.Session() as session, bakhmach_obs.correlation_scope("req-1"):
+        instrument_requests(session)
+        received = session.get(server.url(), headers={"X-Correlation-ID": "mine"}).json()["headers"]
+    assert received["x-correlation-id"] == "mine"
+    assert only_client_span(cap).attributes["bakhmach.correlation_id"] == "mine"
+
+
+@pytest.mark.parametrize("cid", ["bad\r\nX-Injected: 1", "order 42 / café", "x" * 129, "-leading-dash"])
+def test_an_invalid_bound_correlation_id_is_not_sent_and_the_call_succeeds(server, cap, cid):
+    with bakhmach_obs.correlation_scope(cid):
+        with httpx.Client(transport=httpx_transport()) as client:
+            by_httpx = client.get(server.url())
+        with requests.Session() as session:
+            instrument_requests(session)
+            by_requests = session.get(server.url())
+    for response in (by_httpx, by_requests):
+        assert response.status_code == 200
+        received = response.json()["headers"]
+        assert "x-correlation-id" not in received and "x-injected" not in received
+        assert "traceparent" in received
+    spans = cap.spans()
+    assert len(spans) == 2
+    for span in spans:
+        assert "bakhmach.correlation_id" not in span.attributes
+        assert span.attributes["http.response.status_code"] == 200
+    assert cap.sample("bakhmach_obs_telemetry_errors_total", component="tracing") == 2.0
+
+
+def test_a_valid_bound_correlation_id_of_the_longest_length_is_sent(server, cap):
+    cid = "A1._:-" + "z" * 122
+    with bakhmach_obs.correlation_scope(cid), httpx.Client(transport=httpx_transport()) as client:
+        received = client.get(server.url()).json()["headers"]
+    assert received["x-correlation-id"] == cid
+    assert only_client_span(cap).attributes["bakhmach.correlation_id"] == cid
+    assert cap.sample("bakhmach_obs_telemetry_errors_total", component="tracing") is None
+
+
+CALLER_TRACEPARENT = "00-11111111111111111111111111111111-2222222222222222-01"
+
+
+def test_a_replaced_traceparent_drops_the_callers_tracestate(server, cap):
+    headers = {"traceparent": CALLER_TRACEPARENT, "tracestate": "dd=s:2;o:rum"}
+    with httpx.Client(transport=httpx_transport()) as client:
+        by_httpx = client.get(server.url(), headers=headers).json()["headers"]
+    with requests.Session() as session:
+        instrument_requests(session)
+        by_requests = session.get(server.url(), headers=headers).json()["headers"]
+        # a tracestate on its own would be read as the state of the traceparent the SDK writes
+        alone = session.get(server.url(), headers={"tracestate": "dd=s:2"}).json()["headers"]
+    spans = cap.spans()
+    for span, received in zip(spans, (by_httpx, by_requests, alone), strict=True):
+        assert_propagated(span, received)
+        assert "tracestate" not in received
+
+
+def test_the_propagators_tracestate_replaces_the_callers(server, cap):
+    parent = SpanContext(
+        trace_id=0xABC,
+        span_id=0xDEF,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=TraceState([("vendor", "parent")]),
+    )
+    headers = {"traceparent": CALLER_TRACEPARENT, "tracestate": "caller=1"}
+    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(parent)))
+    try:
+        with httpx.Client(transport=httpx_transport()) as client:
+            received = client.get(server.url(), headers=headers).json()["headers"]
+    finally:
+        otel_context.detach(token)
+    assert_propagated(only_client_span(cap), received)
+    assert received["tracestate"] == "vendor=parent"
+
+
+def test_the_callers_trace_headers_stay_when_nothing_is_propagated(server):
+    headers = {"traceparent": CALLER_TRACEPARENT, "tracestate": "caller=1"}
+    with capture(tracing_enabled=False) as cap, httpx.Client(transport=httpx_transport()) as client:
+        received = client.get(server.url(), headers=headers).json()["headers"]
+    assert (received["traceparent"], received["tracestate"]) == (CALLER_TRACEPARENT, "caller=1")
+    assert cap.sample(COUNT) == 1.0
 
 
 @pytest.mark.parametrize("status", [503, 500, 404])
@@ -411,6 +502,50 @@ def test_requests_redirects_are_one_span_with_the_final_status(server, cap):
     assert cap.sample(COUNT) == 1.0
 
 
+def test_calls_from_requests_hooks_and_adapters_are_recorded(server, cap):
+    """Only the session's own re-entry (its redirects) and urllib3 underneath stay quiet."""
+    seen: dict[str, Any] = {}
+
+    class Adapter(HTTPAdapter):
+        def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+            if "adapter" not in seen:  # the first hop only (the redirect comes through here too)
+                seen["urllib3_instrumentation_enabled"] = is_http_instrumentation_enabled()
+                seen["adapter"] = client.get(server.url("/status/201", secrets=False)).json()["headers"]
+            return super().send(request, *args, **kwargs)
+
+    def hook(response: Any, **kwargs: Any) -> Any:
+        if "hook" not in seen:
+            seen["hook"] = client.get(server.url("/status/202", secrets=False)).json()["headers"]
+            seen["other_session"] = other.get(server.url("/status/203", secrets=False)).json()["headers"]
+            with suppress_http_instrumentation():  # an explicit suppression inside a hook still holds
+                seen["suppressed"] = client.get(server.url("/status/204", secrets=False))
+        return response
+
+    with (
+        httpx.Client(transport=httpx_transport()) as client,
+        requests.Session() as session,
+        requests.Session() as other,
+    ):
+        session.mount("http://", Adapter())
+        instrument_requests(session)
+        instrument_requests(other)
+        with bakhmach_obs.correlation_scope("req-1"):
+            response = session.get(server.url("/redirect", secrets=False), hooks={"response": hook})
+    assert response.status_code == 200 and len(response.history) == 1
+    assert seen["urllib3_instrumentation_enabled"] is False
+    assert seen["suppressed"].status_code == 204
+    assert len(cap.spans()) == 4  # the redirect hop is no span of its own
+    spans = {s.attributes["url.full"].rsplit("/", 1)[1]: s for s in cap.spans()}
+    assert sorted(spans) == ["201", "202", "203", "redirect"]
+    outer = spans["redirect"]
+    for name, status in (("adapter", "201"), ("hook", "202"), ("other_session", "203")):
+        span = spans[status]
+        assert span.parent is not None and span.parent.span_id == outer.context.span_id
+        assert_propagated(span, seen[name])
+        assert seen[name]["x-correlation-id"] == "req-1"
+    assert cap.sample(COUNT, http_response_status_code="204") is None
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_requests_duration_ends_when_the_headers_arrive(server, cap, stream):
     with requests.Session() as session:
@@ -440,6 +575,41 @@ def test_requests_connection_refused_reraises_unchanged(cap):
     assert "X-Amz-Signature=REDACTED" in message
     assert_no_secrets(span)
     assert cap.sample(COUNT, http_response_status_code=STATUS_NO_RESPONSE) == 1.0
+
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlLXNlY3JldA"
+CARD = "4111111111111111"
+
+
+@pytest.mark.parametrize("library", ["httpx", "requests"])
+def test_url_full_query_and_fragment_go_through_the_text_patterns(server, cap, library):
+    path = f"/status/200?access_token={JWT}&card={CARD}&sig=s2&auth=Bearer%20x&page=2#id_token={JWT}"
+    url = f"http://user:pass@{HOST}:{server.port}{path}"
+    if library == "httpx":
+        with httpx.Client(transport=httpx_transport()) as client:
+            assert [client.get(url).status_code for _ in range(2)] == [200, 200]
+    else:
+        with requests.Session() as session:
+            instrument_requests(session)
+            assert [session.get(url).status_code for _ in range(2)] == [200, 200]
+    expected = (
+        f"http://REDACTED:REDACTED@{HOST}:{server.port}/status/200"
+        "?access_token=[REDACTED]&card=[REDACTED]&sig=REDACTED&auth=Bearer%20x&page=2#id_token=[REDACTED]"
+    )
+    assert [s.attributes["url.full"] for s in cap.spans()] == [expected, expected]
+
+
+def test_url_full_and_the_exception_event_agree_on_the_query(cap):
+    url = refused_url().replace("&page=1", f"&t={JWT}&page=1")
+    with requests.Session() as session:
+        instrument_requests(session)
+        with pytest.raises(requests.ConnectionError):
+            session.get(url, timeout=2)
+    span = only_client_span(cap)
+    query = "?X-Amz-Signature=REDACTED&sig=REDACTED&t=[REDACTED]&page=1"
+    assert span.attributes["url.full"].endswith(query)
+    assert "/status/200" + query in span.events[0].attributes["exception.message"]
+    assert JWT not in str(span.attributes) + str(span.events[0].attributes)
 
 
 def test_importing_the_module_imports_neither_library():
