@@ -965,7 +965,8 @@ SPAN_ATTRIBUTES: tuple[SpanAttribute, ...] = (
     ),
     SpanAttribute(
         ATTR_CORRELATION_ID,
-        "The correlation id: the one bound for server and consumer spans, the `X-Correlation-ID` sent for client spans.",
+        "The correlation id: the one bound for server and consumer spans, the `X-Correlation-ID` sent "
+        "for client spans.",
     ),
     SpanAttribute(ATTR_HTTP_METHOD, "HTTP method, or `_OTHER` for a method outside the known set."),
     SpanAttribute(ATTR_HTTP_METHOD_ORIGINAL, "The method as received, when it was replaced by `_OTHER`."),
