@@ -60,7 +60,6 @@ import contextlib
 import functools
 import inspect
 import re
-import traceback
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any, TypeVar
@@ -75,6 +74,7 @@ from .context import instrumentation_suppressed
 from .errors import ConfigurationError
 from .logs import exception_type_name
 from .metrics import HistogramCell
+from .tracing import record_exception
 
 __all__ = [
     "OPERATION_CALL",
@@ -337,19 +337,6 @@ def _status_code(exc: BaseException, mysql: bool) -> str | None:
     return None
 
 
-def _exception_attributes(exc: BaseException, error_type: str, rt: Runtime) -> dict[str, Any]:
-    """The exception event: the first line of the message only, through the redaction policy."""
-    message = str(exc).split("\n", 1)[0][:_MESSAGE_LIMIT]
-    message = rt.redaction.redact_text(message)
-    stack = "".join(traceback.format_tb(exc.__traceback__))
-    return {
-        "exception.type": error_type,
-        "exception.message": message,
-        "exception.stacktrace": f"Traceback (most recent call last):\n{stack}{error_type}: {message}\n",
-        "exception.escaped": True,
-    }
-
-
 def _fail(b: _Binding, db: _Db, stmt: _Stmt, span: Any, exc: BaseException, duration: float) -> None:
     rt = b.rt
     try:
@@ -370,7 +357,7 @@ def _fail(b: _Binding, db: _Db, stmt: _Stmt, span: Any, exc: BaseException, dura
             code = _status_code(exc, db.mysql)
             if code is not None:
                 span.set_attribute(c.ATTR_DB_STATUS_CODE, code)
-            span.add_event("exception", _exception_attributes(exc, error_type, rt))
+            record_exception(span, exc, rt.redaction, rt.report_error, first_line_limit=_MESSAGE_LIMIT)
             span.set_status(Status(StatusCode.ERROR, error_type))
     except Exception as err:  # noqa: BLE001
         rt.report_error("tracing", err)

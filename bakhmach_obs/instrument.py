@@ -6,7 +6,8 @@ One call of an instrumented function records
   ``function_calls_duration_seconds{function, module}`` (with a ``trace_id`` exemplar when the
   span is sampled) and ``function_calls_concurrent{function, module}``;
 * a span of kind INTERNAL named after the function, with ``code.function.name`` and
-  ``code.namespace``; on failure ERROR status, an exception event and ``error.type``;
+  ``code.namespace``; on failure ERROR status, ``error.type`` and an exception event whose
+  message and stack trace went through the redaction policy;
 * on failure, one ERROR log record (stdlib ``logging``, the function's module logger) carrying
   ``error``, ``error_type``, ``error_code``, ``duration_ms``, ``action``, ``trace_id``, ``span_id``.
 
@@ -38,6 +39,7 @@ from . import conventions
 from ._runtime import _NULL_CELLS, CURRENT, current
 from .context import CORRELATION_ID, FIELDS, SUPPRESSED
 from .logs import exception_type_name
+from .tracing import record_exception
 
 __all__ = ["instrument", "operation", "span"]
 
@@ -175,7 +177,7 @@ class _Site:
             if span is not None and span.is_recording():
                 span.set_attribute(conventions.ATTR_ERROR_TYPE, error_type)
                 if exc is not None:
-                    span.record_exception(exc, escaped=True)
+                    record_exception(span, exc, self.rt.redaction, self.rt.report_error)
                 span.set_status(Status(StatusCode.ERROR, error_type))
         except Exception as err:  # noqa: BLE001
             self.rt.report_error("tracing", err)
@@ -547,7 +549,7 @@ class _Block:
                 if exc is not None and span.is_recording():
                     error_type = exception_type_name(exc)
                     span.set_attribute(conventions.ATTR_ERROR_TYPE, error_type)
-                    span.record_exception(exc, escaped=True)
+                    record_exception(span, exc, s.rt.redaction, s.rt.report_error)
                     span.set_status(Status(StatusCode.ERROR, error_type))
             finally:
                 span.end()

@@ -19,6 +19,7 @@ import os
 import random
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,9 +43,16 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
+from opentelemetry.semconv.attributes.exception_attributes import (
+    EXCEPTION_ESCAPED,
+    EXCEPTION_MESSAGE,
+    EXCEPTION_STACKTRACE,
+    EXCEPTION_TYPE,
+)
 from opentelemetry.trace import SpanKind
 
 from .config import Settings
+from .redaction import RedactionPolicy
 
 __all__ = [
     "BoundedBatchSpanProcessor",
@@ -52,6 +60,7 @@ __all__ = [
     "TracingSetup",
     "build_sampler",
     "build_tracing",
+    "record_exception",
     "run_with_deadline",
 ]
 
@@ -98,6 +107,70 @@ def run_with_deadline(fn: Callable[[], Any], timeout: float, name: str) -> bool:
     thread = threading.Thread(target=target, name=f"bakhmach-obs-{name}", daemon=True)
     thread.start()
     return done.wait(max(timeout, 0.0))
+
+
+def record_exception(
+    span: Any,
+    exc: BaseException,
+    policy: RedactionPolicy,
+    report: Callable[[str, BaseException], None] | None = None,
+    *,
+    escaped: bool = True,
+    first_line_limit: int | None = None,
+) -> None:
+    """Add the ``exception`` event to ``span``, its message and stack trace through ``policy``.
+
+    The event has the attributes the SDK's ``Span.record_exception`` gives it (``exception.type``,
+    ``exception.message``, ``exception.stacktrace``, ``exception.escaped``), but the message and
+    the whole formatted traceback (chained exceptions and notes included) go through
+    ``policy.redact_text`` first, so a token or card number quoted in an exception message never
+    reaches the exporter. Does nothing for a non-recording span.
+
+    Args:
+        report: called as ``report("tracing", error)`` if recording fails (default: a warning
+            on this module's logger); the failure never reaches the caller.
+        escaped: the ``exception.escaped`` value (a string, as the SDK writes it).
+        first_line_limit: keep only the first line of the message, cut to this many characters,
+            and leave chained exceptions out of the stack trace (for messages that quote data
+            on later lines, such as PostgreSQL's ``DETAIL``).
+
+    Example:
+        >>> from opentelemetry.sdk.trace import TracerProvider
+        >>> from bakhmach_obs.redaction import DEFAULT_POLICY
+        >>> span = TracerProvider().get_tracer("doc").start_span("pay")
+        >>> record_exception(span, RuntimeError("upstream: Bearer s3cr3t"), DEFAULT_POLICY)
+        >>> span.events[0].attributes["exception.message"]
+        'upstream: Bearer [REDACTED]'
+    """
+    try:
+        if not span.is_recording():
+            return
+        cls = type(exc)
+        module = cls.__module__
+        exc_type = f"{module}.{cls.__qualname__}" if module and module != "builtins" else cls.__qualname__
+        redact = policy.redact_text
+        if first_line_limit is None:
+            message = redact(str(exc))
+            stack = redact("".join(traceback.format_exception(cls, exc, exc.__traceback__)))
+        else:
+            message = redact(str(exc).split("\n", 1)[0])[:first_line_limit]
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            head = f"Traceback (most recent call last):\n{redact(frames)}" if frames else ""
+            stack = f"{head}{exc_type}: {message}\n"
+        span.add_event(
+            "exception",
+            {
+                EXCEPTION_TYPE: exc_type,
+                EXCEPTION_MESSAGE: message,
+                EXCEPTION_STACKTRACE: stack,
+                EXCEPTION_ESCAPED: str(escaped),
+            },
+        )
+    except Exception as err:  # noqa: BLE001 - telemetry must never fail the traced code
+        if report is None:
+            _log.warning("recording an exception event failed: %s", type(err).__name__)
+        else:
+            report("tracing", err)
 
 
 class PrimedIdGenerator(RandomIdGenerator):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
 import threading
 import time
 
@@ -13,7 +14,9 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 
 import bakhmach_obs
 from bakhmach_obs import instrument
+from bakhmach_obs.redaction import DEFAULT_POLICY, RedactionPolicy
 from bakhmach_obs.testing import capture
+from bakhmach_obs.tracing import record_exception
 
 MODULE = __name__
 
@@ -696,3 +699,138 @@ def test_span_attributes_go_through_the_redaction_policy():
     with capture(redact_keys="region") as cap:
         f()
         assert cap.spans("with-secret")[0].attributes["region"] == "[REDACTED]"
+
+
+# --- exception events go through the redaction policy ------------------------------------------
+
+TOKEN = "s3cr3t-tok"
+CARD = "4111111111111111"
+CAUSE_TOKEN = "c4use-tok"
+SECRET_MESSAGE = f"upstream said: Authorization: Bearer {TOKEN} card {CARD}"
+SECRETS = (TOKEN, CARD, CAUSE_TOKEN, "4111-1111")
+NOTES = sys.version_info >= (3, 11)  # exception notes (and their place in tracebacks)
+
+
+class UpstreamError(RuntimeError):
+    pass
+
+
+def _raise_upstream():
+    try:
+        raise KeyError(f"retry after Bearer {CAUSE_TOKEN}")
+    except KeyError as cause:
+        err = UpstreamError(SECRET_MESSAGE)
+        if NOTES:
+            err.add_note(f"card on file {CARD[:4]}-{CARD[4:8]}-{CARD[8:12]}-{CARD[12:]}")
+        raise err from cause
+
+
+@instrument(name="leaky-sync")
+def leaky_sync():
+    _raise_upstream()
+
+
+@instrument(name="leaky-async")
+async def leaky_async():
+    await asyncio.sleep(0)
+    _raise_upstream()
+
+
+@instrument(name="leaky-gen")
+def leaky_gen():
+    yield 1
+    _raise_upstream()
+
+
+@instrument(name="leaky-agen")
+async def leaky_agen():
+    yield 1
+    _raise_upstream()
+
+
+def _leaky_span():
+    with bakhmach_obs.span("leaky-span", route="/pay"):
+        _raise_upstream()
+
+
+def _leaky_operation():
+    with bakhmach_obs.operation("leaky-operation"):
+        _raise_upstream()
+
+
+async def _leaky_async_span():
+    async with bakhmach_obs.span("leaky-async-span"):
+        _raise_upstream()
+
+
+async def _leaky_async_operation():
+    async with bakhmach_obs.operation("leaky-async-operation"):
+        await asyncio.sleep(0)
+        _raise_upstream()
+
+
+LEAKY = [
+    ("leaky-sync", leaky_sync),
+    ("leaky-async", lambda: run(leaky_async())),
+    ("leaky-gen", lambda: list(leaky_gen())),
+    ("leaky-agen", lambda: run(collect(leaky_agen()))),
+    ("leaky-span", _leaky_span),
+    ("leaky-operation", _leaky_operation),
+    ("leaky-async-span", lambda: run(_leaky_async_span())),
+    ("leaky-async-operation", lambda: run(_leaky_async_operation())),
+]
+
+
+@pytest.mark.parametrize(("name", "call"), LEAKY, ids=[k[0] for k in LEAKY])
+def test_exception_event_is_redacted_and_keeps_the_rest(name, call):
+    with capture() as cap:
+        with pytest.raises(UpstreamError) as info:
+            call()
+        assert str(info.value) == SECRET_MESSAGE  # the caller still gets the untouched exception
+        (span,) = cap.spans(name)
+        assert span.status.status_code is StatusCode.ERROR
+        (event,) = span.events
+        assert event.name == "exception"
+        attributes = dict(event.attributes)
+        # the attribute names and shape the OpenTelemetry SDK's Span.record_exception produces
+        assert set(attributes) == {"exception.type", "exception.message", "exception.stacktrace", "exception.escaped"}
+        assert attributes["exception.escaped"] == "True"
+        for value in attributes.values():
+            for secret in SECRETS:
+                assert secret not in str(value), (secret, value)
+        assert attributes["exception.type"] == f"{MODULE}.UpstreamError"
+        assert attributes["exception.message"] == "upstream said: Authorization: Bearer [REDACTED] card [REDACTED]"
+        stack = attributes["exception.stacktrace"]
+        assert stack.startswith("Traceback (most recent call last):")
+        assert "_raise_upstream" in stack  # frames stay
+        assert "The above exception was the direct cause" in stack  # so does the chain
+        assert "KeyError: 'retry after Bearer [REDACTED]'" in stack
+        assert "card on file [REDACTED]" in stack or not NOTES  # notes too
+        assert f"{MODULE}.UpstreamError: upstream said: Authorization: Bearer [REDACTED] card [REDACTED]" in stack
+        # every other event attribute on every span is clean as well
+        for any_span in cap.spans():
+            for ev in any_span.events:
+                assert not any(s in str(v) for v in ev.attributes.values() for s in SECRETS)
+
+
+def test_exception_event_failure_is_counted_and_never_raised(monkeypatch):
+    class BrokenPolicy(RedactionPolicy):
+        def redact_text(self, text):
+            raise RuntimeError("policy down")
+
+    with capture() as cap:
+        monkeypatch.setattr(cap.runtime, "redaction", BrokenPolicy())
+        with pytest.raises(UpstreamError):
+            leaky_sync()
+        with pytest.raises(UpstreamError):
+            _leaky_span()
+        for name in ("leaky-sync", "leaky-span"):
+            (span,) = cap.spans(name)
+            assert span.events == ()  # nothing unredacted was recorded instead
+            assert span.status.status_code is StatusCode.ERROR  # the rest of the failure still is
+            assert span.attributes["error.type"] == f"{MODULE}.UpstreamError"
+        assert cap.sample("bakhmach_obs_telemetry_errors_total", component="tracing") == 2.0
+
+
+def test_record_exception_helper_on_a_non_recording_span_does_nothing():
+    record_exception(trace.INVALID_SPAN, RuntimeError(SECRET_MESSAGE), DEFAULT_POLICY)  # no error

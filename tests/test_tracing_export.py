@@ -9,6 +9,7 @@ was not delivered is counted.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +23,8 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from prometheus_client import CollectorRegistry
 
 import bakhmach_obs
+from bakhmach_obs.dbapi import instrument_connection
+from bakhmach_obs.redaction import RedactionPolicy
 from bakhmach_obs.tracing import BoundedBatchSpanProcessor
 
 try:  # tests/ as a rootdir-relative directory (pytest's default "prepend" import mode)
@@ -170,6 +173,50 @@ def test_spans_reach_a_real_otlp_collector() -> None:
     # nothing went wrong in the SDK itself
     assert exporter_errors(registry) == 0
     assert dropped(registry) == 0
+
+
+def test_exception_events_reach_the_collector_redacted_by_the_configured_policy() -> None:
+    """``@instrument``, ``span()`` and the DB-API wrapper record one kind of exception event.
+
+    Its message and stack trace go through the policy given to ``configure()``: what the collector
+    decodes has neither the token nor the card number, and the three events have the attribute
+    names and value types of the SDK's ``Span.record_exception``.
+    """
+    secret = "Bearer s3cr3t-tok card 4111111111111111"
+    registry = CollectorRegistry()
+    with running_receiver() as rx:
+        try:
+            configure(rx.endpoint, registry, redaction=RedactionPolicy(replacement="<cut>"))
+            with pytest.raises(PaymentDeclinedError):
+                failing_step(PaymentDeclinedError(f"declined by upstream: {secret}"))
+            with pytest.raises(PaymentDeclinedError), bakhmach_obs.span("checkout"):
+                raise PaymentDeclinedError(f"declined by upstream: {secret}")
+            conn = instrument_connection(sqlite3.connect(":memory:"), db_system="sqlite")
+            with pytest.raises(sqlite3.OperationalError):
+                conn.execute(f"SELECT [{secret}]")  # sqlite: "no such column: Bearer ..."
+            conn.close()
+            assert bakhmach_obs.shutdown() is True
+        finally:
+            bakhmach_obs.shutdown()
+        spans = rx.wait_for_spans(3, timeout=SETTLE)
+    assert sorted(s.name for s in spans) == ["SELECT", "checkout", "failing_step"]
+    error_type = qualified(PaymentDeclinedError)
+    events = {s.name: s.event_attributes for s in spans}
+    for name, (event,) in events.items():
+        assert set(event) == {"exception.type", "exception.message", "exception.stacktrace", "exception.escaped"}
+        assert event["exception.escaped"] == "True", name  # a string, as the SDK writes it
+        for value in event.values():
+            assert "s3cr3t-tok" not in value and "4111111111111111" not in value, (name, value)
+    for name in ("failing_step", "checkout"):
+        (event,) = events[name]
+        assert event["exception.type"] == error_type
+        assert event["exception.message"] == "declined by upstream: Bearer <cut> card <cut>"
+        assert event["exception.stacktrace"].endswith(f"{error_type}: declined by upstream: Bearer <cut> card <cut>\n")
+    (db_event,) = events["SELECT"]
+    assert db_event["exception.type"] == "sqlite3.OperationalError"
+    assert db_event["exception.message"] == "no such column: Bearer <cut> card <cut>"
+    assert "Traceback (most recent call last):" in db_event["exception.stacktrace"]
+    assert exporter_errors(registry) == 0
 
 
 def test_gzip_request_is_decoded() -> None:
