@@ -50,7 +50,7 @@ from bisect import bisect_left
 from collections.abc import Callable, ItemsView, Iterator, KeysView, MutableMapping, ValuesView
 from time import perf_counter
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -61,6 +61,8 @@ from ._runtime import CURRENT, Runtime, current
 from .context import CORRELATION_ID, SUPPRESSED
 from .logs import exception_type_name
 from .metrics import _SHARE_LOCK, HistogramCell, _shared_with
+from .redaction import RedactionPolicy
+from .tracing import record_exception
 
 __all__ = [
     "ERROR",
@@ -262,6 +264,33 @@ def _start_span(rt: Runtime, name: str, operation: str, key: object, kind: SpanK
         return None
 
 
+class _KeyStripped:
+    """The runtime's policy for one exception event, after replacing the cache key by its hash.
+
+    :func:`~bakhmach_obs.tracing.record_exception` only calls ``redact_text``; an exception message
+    (``KeyError``, a backend's error) often quotes the key, which spans never carry in clear.
+    """
+
+    __slots__ = ("_mark", "_policy", "_raw")
+
+    def __init__(self, policy: RedactionPolicy, raw: str, mark: str) -> None:
+        self._policy = policy
+        self._raw = raw
+        self._mark = mark
+
+    def redact_text(self, text: str) -> str:
+        return self._policy.redact_text(text.replace(self._raw, self._mark))
+
+
+def _exception_policy(rt: Runtime, key: object) -> RedactionPolicy:
+    """``rt.redaction``, preceded by the key's replacement when the key is a non-empty str or bytes."""
+    if isinstance(key, (str, bytes)):
+        raw = key if isinstance(key, str) else key.decode("utf-8", "replace")
+        if raw:
+            return cast(RedactionPolicy, _KeyStripped(rt.redaction, raw, f"<key {key_hash(key)}>"))
+    return rt.redaction
+
+
 def _end_span(
     rt: Runtime, span: Span | None, result: int, exc: BaseException | None = None, key: object = _MISSING
 ) -> None:
@@ -273,15 +302,8 @@ def _end_span(
             if exc is not None and result == ERROR:
                 error_type = exception_type_name(exc)
                 span.set_attribute(c.ATTR_ERROR_TYPE, error_type)
-                message = str(exc)
-                if key is not _MISSING and isinstance(key, (str, bytes)):
-                    raw = key if isinstance(key, str) else key.decode("utf-8", "replace")
-                    if raw:
-                        message = message.replace(raw, f"<key {key_hash(key)}>")
-                # The message is redacted and stripped of the key; no stack trace (it quotes no code
-                # of interest for a cache and could quote the key).
-                message = str(rt.redaction.redact_text(message))
-                span.record_exception(exc, attributes={"exception.message": message, "exception.stacktrace": ""})
+                # message and stack trace stripped of the key, then through the redaction policy
+                record_exception(span, exc, _exception_policy(rt, key), rt.report_error)
                 span.set_status(Status(StatusCode.ERROR, error_type))
         span.end()
     except Exception as err:  # noqa: BLE001

@@ -13,9 +13,10 @@ CONSUMER span ``process {destination}`` made current for the block, binds the me
 correlation id (validated as for HTTP, else a fresh one), counts the message in
 ``messaging_client_consumed_messages_total`` and records ``messaging_process_duration_seconds``.
 An exception raised by the processing sets ``error_type`` (its qualified class name) on the
-duration and the span, and is re-raised unchanged. The consumed counter's ``error_type`` stays
-empty: the message *was* received; the processing outcome is in the duration's label (as in
-OpenTelemetry's messaging conventions).
+duration and the span, is recorded on the span as an ``exception`` event (message and stack trace
+through the runtime's redaction policy, as for one raised inside :func:`publish`) and is re-raised
+unchanged. The consumed counter's ``error_type`` stays empty: the message *was* received; the
+processing outcome is in the duration's label (as in OpenTelemetry's messaging conventions).
 
 Header values may be ``str`` or ``bytes`` (AMQP clients return either). Nothing is recorded and
 no header is added inside ``bakhmach_obs.suppress()``, while OpenTelemetry's instrumentation
@@ -60,6 +61,7 @@ from ._http import correlation_id_from
 from .context import CORRELATION_ID, FIELDS, instrumentation_suppressed
 from .logs import exception_type_name
 from .metrics import observe_with_exemplar
+from .tracing import record_exception
 
 __all__ = [
     "CORRELATION_HEADER",
@@ -234,7 +236,7 @@ def _fail_span(b: _Bound, span: Any, exc: BaseException, error_type: str) -> Non
     try:
         if span.is_recording():
             span.set_attribute(c.ATTR_ERROR_TYPE, error_type)
-            span.record_exception(exc, escaped=True)
+            record_exception(span, exc, b.rt.redaction, b.rt.report_error)
             span.set_status(Status(StatusCode.ERROR, error_type))
     except Exception as err:  # noqa: BLE001
         b.rt.report_error("tracing", err)

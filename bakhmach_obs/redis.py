@@ -8,8 +8,8 @@ and its ``pipeline`` factory, so the pipelines it creates are covered too. Each 
   index, ``"0"``), ``server.address`` and ``server.port`` (or the socket path), and the correlation
   id when one is bound. Keys, values and arguments are never recorded (no ``db.query.text``). An
   exception sets ``error.type`` to its qualified class name (``redis.exceptions.ResponseError``),
-  is recorded on the span (message redacted) and re-raised unchanged. The span is not made
-  current: nothing the application runs happens inside a command;
+  is recorded on the span (message and stack trace redacted) and re-raised unchanged. The span
+  is not made current: nothing the application runs happens inside a command;
 * ``db_client_operation_duration_seconds{db_system_name="redis", db_operation_name, db_collection_name="",
   db_namespace, error_type}``, ``error_type`` empty on success. The duration covers redis-py's
   retries and the reply parsing.
@@ -52,7 +52,6 @@ Example:
 from __future__ import annotations
 
 import threading
-import traceback
 from collections.abc import Callable
 from functools import lru_cache
 from time import perf_counter
@@ -66,6 +65,7 @@ from .cache import _NULL_OP, ERROR, HIT, MISS, OK, _OpCells, _Site, key_hash
 from .context import CORRELATION_ID, instrumentation_suppressed
 from .logs import exception_type_name
 from .metrics import HistogramCell
+from .tracing import record_exception
 
 if TYPE_CHECKING:
     import redis
@@ -267,16 +267,7 @@ class _Call:
             try:
                 if span.is_recording():
                     span.set_attribute(c.ATTR_ERROR_TYPE, error_type)
-                    redact = b.rt.redaction.redact_text
-                    stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                    span.record_exception(
-                        exc,
-                        attributes={
-                            "exception.message": str(redact(str(exc))),
-                            "exception.stacktrace": str(redact(stack)),
-                        },
-                        escaped=True,
-                    )
+                    record_exception(span, exc, b.rt.redaction, b.rt.report_error)
                     span.set_status(Status(StatusCode.ERROR, error_type))
             except Exception as err:  # noqa: BLE001
                 b.rt.report_error("tracing", err)

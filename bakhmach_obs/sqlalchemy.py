@@ -17,8 +17,9 @@ Every statement sent to the database (each ``cursor.execute``/``executemany``; e
 A failing statement sets ``error.type`` to the qualified class of the driver's exception
 (``psycopg.errors.UniqueViolation``, ``pymysql.err.IntegrityError``: SQLAlchemy's
 ``original_exception``), ``db.response.status_code`` to the driver's code when it has one
-(SQLSTATE, MySQL error number), records the exception (message redacted by the runtime's policy;
-not SQLAlchemy's wrapper, whose text quotes the parameters) and sets the span status to ERROR.
+(SQLSTATE, MySQL error number), records the exception (the first line of its message, at most
+512 characters, and its stack trace, both through the runtime's redaction policy; not SQLAlchemy's
+wrapper, whose text quotes the parameters) and sets the span status to ERROR.
 SQLAlchemy raises its usual exception, unchanged.
 
 **Pool metrics**, under ``pool_name`` (default: the pool's ``logging_name`` when the engine was
@@ -74,7 +75,6 @@ Example:
 from __future__ import annotations
 
 import threading
-import traceback
 import weakref
 from collections.abc import Callable
 from time import perf_counter
@@ -93,6 +93,7 @@ from .context import CORRELATION_ID, instrumentation_suppressed
 from .logs import exception_type_name
 from .metrics import observe_with_exemplar
 from .pools import PoolMetrics
+from .tracing import record_exception
 
 if TYPE_CHECKING:
     from sqlalchemy.engine.interfaces import DBAPIConnection, ExceptionContext, ExecutionContext
@@ -166,19 +167,6 @@ def _status_code(exc: BaseException) -> str | None:
     return None
 
 
-def _exception_attributes(exc: BaseException, error_type: str, rt: Runtime) -> dict[str, Any]:
-    """The exception event: the message's first line only (PostgreSQL's DETAIL quotes row values), redacted."""
-    message = str(exc).split("\n", 1)[0][:_MESSAGE_LIMIT]
-    message = rt.redaction.redact_text(message)
-    stack = "".join(traceback.format_tb(exc.__traceback__))
-    return {
-        "exception.type": error_type,
-        "exception.message": message,
-        "exception.stacktrace": f"Traceback (most recent call last):\n{stack}{error_type}: {message}\n",
-        "exception.escaped": True,
-    }
-
-
 # --- one statement ----------------------------------------------------------------------------------
 
 
@@ -239,7 +227,8 @@ class _Call:
                     code = _status_code(exc)
                     if code is not None:
                         span.set_attribute(c.ATTR_DB_STATUS_CODE, code)
-                    span.add_event("exception", _exception_attributes(exc, error_type, b.rt))
+                    # first line only: PostgreSQL's DETAIL (later lines) quotes row values
+                    record_exception(span, exc, b.rt.redaction, b.rt.report_error, first_line_limit=_MESSAGE_LIMIT)
                     span.set_status(Status(StatusCode.ERROR, error_type))
             except Exception as err:  # noqa: BLE001
                 b.rt.report_error("tracing", err)

@@ -321,3 +321,56 @@ def test_importing_the_sdk_imports_no_cache_library():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- exception events -----------------------------------------------------------------------------
+#: An exception message quoting the key, a bearer token and a card number: none may reach a span.
+SECRET_TEXT = "Bearer s3cr3t-tok, card 4111 1111 1111 1111"
+
+
+def _check_exception_event(span, error_type: str, key: str) -> dict:
+    (event,) = span.events
+    attributes = dict(event.attributes)
+    assert attributes["exception.type"] == error_type
+    assert f"<key {key_hash(key)}>" in attributes["exception.message"]
+    assert "Bearer [REDACTED], card [REDACTED]" in attributes["exception.message"]
+    assert attributes["exception.stacktrace"].startswith("Traceback (most recent call last):")
+    for value in attributes.values():
+        text = str(value)
+        assert key not in text and "sk_live_SECRET" not in text
+        assert "s3cr3t-tok" not in text and "4111 1111" not in text
+    return attributes
+
+
+class RefusingBackend(dict):
+    """A backend whose writes fail with a message quoting the key and credentials."""
+
+    def __setitem__(self, key, value):
+        raise PermissionError(f"cannot store {key}: {SECRET_TEXT}")
+
+
+def test_instrumented_cache_exception_event_hides_key_and_secrets(cap):
+    cache = instrument_cache(RefusingBackend(), name="vault", spans=True)
+    with pytest.raises(PermissionError, match="s3cr3t-tok"):  # the caller's exception is untouched
+        cache[SECRET_KEY] = "v"
+    (span,) = cap.spans()
+    attributes = _check_exception_event(span, "PermissionError", SECRET_KEY)
+    assert attributes["exception.message"].startswith("cannot store <key ")
+
+
+def test_cache_lookup_exception_event_hides_key_and_secrets_in_chained_causes(cap):
+    key = "session:" + SECRET_KEY
+
+    def fetch() -> None:
+        try:
+            raise KeyError(key)
+        except KeyError as missing:
+            raise ConnectionError(f"backend refused {key} ({SECRET_TEXT})") from missing
+
+    with pytest.raises(ConnectionError), cache_lookup("remote", key=key):
+        fetch()
+    (span,) = cap.spans()
+    attributes = _check_exception_event(span, "ConnectionError", key)
+    stack = attributes["exception.stacktrace"]
+    assert f"KeyError: '<key {key_hash(key)}>'" in stack  # the cause is kept, without the key
+    assert "ConnectionError: backend refused <key " in stack

@@ -146,3 +146,38 @@ def test_fields_bound_while_handling_a_message_end_with_it():
             bakhmach_obs.bind(order_id="o-1")
             assert dict(bakhmach_obs.bound_fields()) == {"worker": "w1", "order_id": "o-1"}
         assert dict(bakhmach_obs.bound_fields()) == {"worker": "w1"}
+
+
+#: An exception message quoting a bearer token and a card number (both must never reach a span).
+SECRET_MESSAGE = "charge failed: Bearer s3cr3t-tok, card 4111 1111 1111 1111 declined"
+
+
+def _event_texts(spans) -> list[str]:
+    return [str(value) for s in spans for e in s.events for value in (e.attributes or {}).values()]
+
+
+def _charge() -> None:
+    try:
+        raise ValueError("gateway said: Bearer s3cr3t-tok")
+    except ValueError as cause:
+        raise ProcessingError(SECRET_MESSAGE) from cause
+
+
+def test_exception_events_are_redacted_for_publish_and_consume():
+    with capture() as cap:
+        with pytest.raises(ProcessingError), messaging.publish("pay") as headers:
+            raise ProcessingError(SECRET_MESSAGE)
+        with pytest.raises(ProcessingError, match="s3cr3t-tok"), messaging.consume("pay", headers):
+            _charge()  # the application's exception is untouched
+    spans = cap.spans("publish pay") + cap.spans("process pay")
+    assert len(spans) == 2
+    for span in spans:
+        (event,) = span.events
+        assert event.name == "exception"
+        attributes = event.attributes
+        assert attributes["exception.type"] == f"{__name__}.ProcessingError"
+        assert attributes["exception.message"] == "charge failed: Bearer [REDACTED], card [REDACTED] declined"
+        assert "ProcessingError: charge failed: Bearer [REDACTED]" in attributes["exception.stacktrace"]
+    assert "ValueError: gateway said: Bearer [REDACTED]" in spans[1].events[0].attributes["exception.stacktrace"]
+    texts = _event_texts(spans)
+    assert texts and not [t for t in texts if "s3cr3t-tok" in t or "4111 1111" in t]

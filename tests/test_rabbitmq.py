@@ -168,6 +168,58 @@ def test_pika_processing_error_is_recorded_and_reraised(connection, queue):
     assert span.status.status_code.name == "ERROR" and span.attributes["error.type"] == error_type
 
 
+#: An exception message quoting a bearer token and a card number (both must never reach a span).
+SECRET_MESSAGE = "charge failed: Bearer s3cr3t-tok, card 4111 1111 1111 1111 declined"
+
+
+def _check_redacted_exception(spans: list[Any]) -> None:
+    """One ``exception`` event per span, type and plain text kept, no secret in any event attribute."""
+    assert spans
+    for span in spans:
+        (event,) = span.events
+        attributes = event.attributes
+        assert attributes["exception.type"] == f"{__name__}.OrderRejected"
+        assert attributes["exception.message"] == "charge failed: Bearer [REDACTED], card [REDACTED] declined"
+        assert "OrderRejected: charge failed" in attributes["exception.stacktrace"]
+        for value in attributes.values():
+            assert "s3cr3t-tok" not in str(value) and "4111 1111" not in str(value)
+
+
+def test_pika_processing_error_message_is_redacted_on_the_span(connection, queue):
+    channel = instrument_channel(connection.channel())
+
+    def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+        ch.basic_nack(method.delivery_tag, requeue=False)
+        raise OrderRejected(SECRET_MESSAGE)
+
+    with capture() as cap:
+        channel.basic_publish("", queue, b"{}")
+        channel.basic_consume(queue, on_message)
+        with pytest.raises(OrderRejected, match="s3cr3t-tok"):  # the application's exception is untouched
+            channel.start_consuming()
+    connection.close()  # the exception left the consumer registered: drop it with the connection
+    _check_redacted_exception(cap.spans(f"process {queue}"))
+
+
+async def test_aio_pika_processing_error_message_is_redacted_on_the_span(broker):
+    aio_pika = pytest.importorskip("aio_pika")
+    connection = await aio_pika.connect(broker)
+    try:
+        with capture() as cap:
+            channel = instrument_aio_channel(await connection.channel())
+            queue = await channel.declare_queue(f"bakhmach-obs-test-{uuid.uuid4().hex}")
+            await channel.default_exchange.publish(aio_pika.Message(b"{}"), queue.name)
+            message = await queue.get(timeout=10)
+            with pytest.raises(OrderRejected, match="s3cr3t-tok"):
+                async with processing(message, queue=queue.name):
+                    raise OrderRejected(SECRET_MESSAGE)
+            await queue.delete(if_unused=False, if_empty=False)
+            uninstrument_aio_channel(channel)
+    finally:
+        await connection.close()
+    _check_redacted_exception(cap.spans(f"process {queue.name}"))
+
+
 def test_pika_malformed_traceparent_starts_new_trace(connection, queue):
     raw = connection.channel()  # not instrumented: the producer sets broken headers itself
     _publish(raw, queue, 1, headers={"traceparent": "00-zzzz-broken", "x-correlation-id": "ok-id"})

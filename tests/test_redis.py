@@ -173,6 +173,34 @@ def test_response_error_is_recorded_and_reraised_unchanged(cap, client, prefix):
     assert db_count(cap, span.name) == 0
 
 
+#: An error reply quoting a bearer token and a card number (both must never reach a span).
+SECRET_MESSAGE = "charge failed: Bearer s3cr3t-tok, card 4111 1111 1111 1111 declined"
+
+
+def _check_redacted_exception(span) -> None:
+    (event,) = span.events
+    attributes = event.attributes
+    assert attributes["exception.type"] == "redis.exceptions.ResponseError"
+    assert attributes["exception.message"] == "charge failed: Bearer [REDACTED], card [REDACTED] declined"
+    assert "redis.exceptions.ResponseError: charge failed" in attributes["exception.stacktrace"]
+    for value in [*attributes.values(), *span.attributes.values()]:
+        assert "s3cr3t-tok" not in str(value) and "4111 1111" not in str(value)
+
+
+def test_error_reply_quoting_secrets_is_redacted_on_the_span(cap, client, prefix):
+    instrument_redis(client)
+    with pytest.raises(redis.exceptions.ResponseError, match="s3cr3t-tok"):  # untouched for the caller
+        client.eval("return redis.error_reply(ARGV[1])", 0, SECRET_MESSAGE)
+    _check_redacted_exception(cap.spans("EVAL")[0])
+
+
+async def test_async_error_reply_quoting_secrets_is_redacted_on_the_span(cap, aclient, prefix):
+    instrument_redis(aclient)
+    with pytest.raises(redis.exceptions.ResponseError, match="s3cr3t-tok"):
+        await aclient.eval("return redis.error_reply(ARGV[1])", 0, SECRET_MESSAGE)
+    _check_redacted_exception(cap.spans("EVAL")[0])
+
+
 def test_cache_command_error_counts_error(cap, client, prefix):
     instrument_redis(client, cache_name="typed")
     key = prefix + "list"

@@ -247,6 +247,37 @@ def test_unique_violation_is_recorded_and_reraised_unchanged(engine, url, table,
         assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one() == 1
 
 
+def test_exception_event_redacts_before_cutting_the_first_line():
+    """A token and a card in a PostgreSQL error never reach the span, even where the 512-char cut falls."""
+    engine = instrument_engine(sa.create_engine(_need_server("postgresql"), poolclass=NullPool))
+    head = "charge failed: Bearer s3cr3t-tok, "
+    # the card starts at character 498: a cut before redaction would keep "4111 1111 1111" (12 digits,
+    # too short to look like a card any more)
+    message = head + "x" * (498 - len(head) - len(" card ")) + " card 4111 1111 1111 1111 declined"
+    assert message.index("4111") == 498
+    sql = f"DO $$ BEGIN RAISE EXCEPTION USING MESSAGE = '{message}', DETAIL = 'row (ada@example.com)'; END $$"
+    try:
+        with capture() as cap:
+            with pytest.raises(sa.exc.DBAPIError) as info, engine.connect() as conn:
+                conn.execute(sa.text(sql))
+    finally:
+        uninstrument_engine(engine)
+        engine.dispose()
+    assert "s3cr3t-tok" in str(info.value.orig)  # the application's exception is untouched
+    (span,) = cap.spans()
+    (event,) = span.events
+    attributes = event.attributes
+    assert attributes["exception.type"] == "psycopg.errors.RaiseException"
+    assert attributes["exception.message"].startswith("charge failed: Bearer [REDACTED], xxx")
+    assert " card [REDACTED] dec" in attributes["exception.message"]  # then cut at 512 characters
+    assert len(attributes["exception.message"]) == 512
+    assert "psycopg.errors.RaiseException: charge failed" in attributes["exception.stacktrace"]
+    for value in attributes.values():
+        text = str(value)
+        assert "s3cr3t-tok" not in text and "4111 1111" not in text
+        assert "ada@example.com" not in text  # the DETAIL line is left out
+
+
 # --- the pool ------------------------------------------------------------------------------------
 def test_pool_gauges_follow_checkouts_and_returns(engine, pool_name):
     with capture() as cap:
