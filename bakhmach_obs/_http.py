@@ -33,8 +33,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from . import _runtime
 from . import conventions as c
-from .context import CORRELATION_ID, FIELDS, SUPPRESSED
-from .logs import JsonFormatter, exception_type_name, sole_json_handler
+from .context import CORRELATION_ID, FIELDS, SUPPRESSED, UnitTokens, enter_unit, exit_unit
+from .logs import JsonFormatter, exception_text, exception_type_name, sole_json_handler
 from .metrics import GaugeCell, HistogramCell
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "Reentry",
     "ServerCore",
     "correlation_id_from",
+    "is_safe_correlation_id",
     "normalize_method",
     "parse_traceparent",
 ]
@@ -75,9 +76,14 @@ def normalize_method(method: str) -> str:
     return method if method in _KNOWN else c.HTTP_METHOD_OTHER
 
 
+def is_safe_correlation_id(value: str) -> bool:
+    """1-128 of ``A-Za-z0-9._:-``, starting with a letter or digit: safe in a header and a log line."""
+    return _CID.fullmatch(value) is not None
+
+
 def correlation_id_from(value: str | None) -> str:
-    """A client-supplied correlation id if it is safe (1-128 of ``A-Za-z0-9._:-``), else a fresh one."""
-    if value and len(value) <= 128 and _CID.fullmatch(value):
+    """A client-supplied correlation id if it is safe (:func:`is_safe_correlation_id`), else a fresh one."""
+    if value and _CID.fullmatch(value):
         return value
     return "%032x" % getrandbits(128)  # noqa: UP031 - the fastest formatting
 
@@ -371,7 +377,6 @@ class Exchange:
         "bytes_out",
         "chunks",
         "cid",
-        "cid_token",
         "client",
         "content_length_out",
         "ctx_token",
@@ -380,7 +385,6 @@ class Exchange:
         "error",
         "error_type",
         "fields",
-        "fields_token",
         "log_access",
         "method",
         "method_raw",
@@ -394,6 +398,7 @@ class Exchange:
         "status",
         "stream_t0",
         "t0",
+        "unit",
         "user_agent",
         "version",
     )  # fmt: skip
@@ -430,9 +435,8 @@ class Exchange:
         """Bind the correlation id, start the span (current until :meth:`close`), count as active."""
         b = self.b
         self.cid = correlation_id_from(cid)
-        self.cid_token: Token[str | None] = CORRELATION_ID.set(self.cid)
         # What the application binds ends with the request: a reused worker thread starts clean.
-        self.fields_token: Token[Mapping[str, Any]] = FIELDS.set(FIELDS.get())
+        self.unit: UnitTokens = enter_unit(self.cid)
         self.ctx_token: object = None
         if b.spans:
             try:
@@ -490,10 +494,7 @@ class Exchange:
             if self.deferred_status and not self.bytes_out:
                 self.status = 500
             self.error_type = exception_type_name(exc)
-            try:
-                self.error = str(exc) or self.error_type
-            except Exception:  # noqa: BLE001 - an exception whose str() raises: its type says enough
-                self.error = self.error_type
+            self.error = exception_text(exc) or self.error_type
             if not self.status:
                 self.status = 500
         status = self.status or 500
@@ -591,10 +592,9 @@ class Exchange:
     def close(self) -> None:
         """Detach the span, restore the correlation id and bound fields (after the application returned)."""
         self.fields = FIELDS.get()
-        FIELDS.reset(self.fields_token)
         if self.ctx_token is not None:
             _detach(self.ctx_token)  # type: ignore[arg-type]
-        CORRELATION_ID.reset(self.cid_token)
+        exit_unit(self.unit)
 
 
 def route_from(route: Any) -> str | None:

@@ -50,7 +50,7 @@ from bisect import bisect_left
 from collections.abc import Callable, ItemsView, Iterator, KeysView, MutableMapping, ValuesView
 from time import perf_counter
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -62,7 +62,7 @@ from .context import CORRELATION_ID, SUPPRESSED
 from .logs import exception_type_name
 from .metrics import _SHARE_LOCK, HistogramCell, _shared_with
 from .redaction import RedactionPolicy
-from .tracing import record_exception
+from .tracing import TextRedactor, record_exception
 
 __all__ = [
     "ERROR",
@@ -282,12 +282,12 @@ class _KeyStripped:
         return self._policy.redact_text(text.replace(self._raw, self._mark))
 
 
-def _exception_policy(rt: Runtime, key: object) -> RedactionPolicy:
+def _exception_policy(rt: Runtime, key: object) -> TextRedactor:
     """``rt.redaction``, preceded by the key's replacement when the key is a non-empty str or bytes."""
     if isinstance(key, (str, bytes)):
         raw = key if isinstance(key, str) else key.decode("utf-8", "replace")
         if raw:
-            return cast(RedactionPolicy, _KeyStripped(rt.redaction, raw, f"<key {key_hash(key)}>"))
+            return _KeyStripped(rt.redaction, raw, f"<key {key_hash(key)}>")
     return rt.redaction
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from types import MappingProxyType
 from typing import Any
 
@@ -92,6 +92,20 @@ def new_correlation_id() -> str:
     return uuid.uuid4().hex
 
 
+UnitTokens = tuple["Token[str | None]", "Token[Mapping[str, Any]]"]
+
+
+def enter_unit(cid: str) -> UnitTokens:
+    """Bind ``cid`` for a unit of work; the fields it binds end with it (see :func:`exit_unit`)."""
+    return CORRELATION_ID.set(cid), FIELDS.set(FIELDS.get())
+
+
+def exit_unit(tokens: UnitTokens) -> None:
+    """Restore the correlation id and the bound fields in force before :func:`enter_unit`."""
+    FIELDS.reset(tokens[1])
+    CORRELATION_ID.reset(tokens[0])
+
+
 def correlation_id() -> str | None:
     """The correlation id bound to the current task or thread, if any."""
     return CORRELATION_ID.get()
@@ -123,13 +137,11 @@ def correlation_scope(correlation_id: str | None = None) -> Iterator[str]:
         True
     """
     cid = correlation_id or CORRELATION_ID.get() or new_correlation_id()
-    token = CORRELATION_ID.set(cid)
-    fields_token = FIELDS.set(FIELDS.get())
+    tokens = enter_unit(cid)
     try:
         yield cid
     finally:
-        FIELDS.reset(fields_token)
-        CORRELATION_ID.reset(token)
+        exit_unit(tokens)
 
 
 def bound_fields() -> Mapping[str, Any]:

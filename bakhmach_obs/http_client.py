@@ -69,7 +69,7 @@ from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import conventions as c
-from ._http import _CID
+from ._http import is_safe_correlation_id
 from ._runtime import Runtime, per_runtime
 from .context import CORRELATION_ID, SUPPRESSED, otel_suppressed
 from .logs import exception_type_name
@@ -205,7 +205,7 @@ def _correlation_header(b: _Bound, cid: str, headers: MutableMapping[str, Any]) 
         if CORRELATION_HEADER in headers:
             own = headers[CORRELATION_HEADER]
             return own.decode("latin-1") if isinstance(own, bytes) else str(own)
-        if _CID.fullmatch(cid) is None:
+        if not is_safe_correlation_id(cid):
             b.rt.report_error("tracing", ValueError(_BAD_CID))
             return None
         headers[CORRELATION_HEADER] = cid

@@ -80,6 +80,7 @@ __all__ = [
     "RESERVED_FIELDS",
     "ConsoleFormatter",
     "JsonFormatter",
+    "exception_text",
     "exception_type_name",
     "install_logging",
     "sole_json_handler",
@@ -158,7 +159,8 @@ def _key_text(key: Any) -> str:
         return f"<{type(key).__qualname__}>"
 
 
-def _exception_text(exc: BaseException) -> str:
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)``, or its type's name when its ``__str__`` raises."""
     try:
         return str(exc)
     except Exception:  # noqa: BLE001 - an exception whose __str__ raises: its type says enough
@@ -207,7 +209,7 @@ def _fix(fields: dict[str, Any], key: str, value: Any) -> None:
         else:
             del fields[key]
     elif isinstance(value, BaseException):
-        fields[key] = _exception_text(value)
+        fields[key] = exception_text(value)
     else:
         try:
             fields[key] = _text(value, _FIELD_TYPES[key])
@@ -355,7 +357,7 @@ class JsonFormatter(_PJLJsonFormatter):
         if exc_info and exc_info[1] is not None:
             exc = exc_info[1]
             if fields.get("error") is None:
-                fields["error"] = _exception_text(exc)
+                fields["error"] = exception_text(exc)
             if fields.get("error_type") is None:
                 fields["error_type"] = exception_type_name(exc)
             fields["stacktrace"] = "".join(traceback.format_exception(exc_info[0], exc, exc_info[2]))

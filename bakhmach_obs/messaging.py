@@ -58,7 +58,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import _runtime
 from . import conventions as c
 from ._http import correlation_id_from
-from .context import CORRELATION_ID, FIELDS, instrumentation_suppressed
+from .context import CORRELATION_ID, UnitTokens, enter_unit, exit_unit, instrumentation_suppressed
 from .logs import exception_type_name
 from .metrics import observe_with_exemplar
 from .tracing import record_exception
@@ -415,8 +415,7 @@ class consume:
     """
 
     __slots__ = (
-        "_b", "_cid_token", "_fields_token", "_span", "_t0", "_token", "body_size", "destination", "headers",
-        "message_id", "system",
+        "_b", "_span", "_t0", "_token", "_unit", "body_size", "destination", "headers", "message_id", "system",
     )  # fmt: skip
 
     def __init__(
@@ -436,8 +435,7 @@ class consume:
         self._b: _Bound | None = None
         self._span: Any = None
         self._token: Any = None
-        self._cid_token: Any = None
-        self._fields_token: Any = None
+        self._unit: UnitTokens | None = None
         self._t0 = 0.0
 
     def __enter__(self) -> str:
@@ -447,8 +445,7 @@ class consume:
         except Exception:  # noqa: BLE001 - a headers object that misbehaves: a fresh id
             raw = None
         cid = correlation_id_from(raw)
-        self._cid_token = CORRELATION_ID.set(cid)
-        self._fields_token = FIELDS.set(FIELDS.get())  # what the handler binds ends with the message
+        self._unit = enter_unit(cid)  # what the handler binds ends with the message
         b = _bound()
         if b is None:
             self._t0 = perf_counter()
@@ -486,12 +483,9 @@ class consume:
         if self._token is not None:
             otel_context.detach(self._token)
             self._token = None
-        if self._cid_token is not None:
-            CORRELATION_ID.reset(self._cid_token)
-            self._cid_token = None
-        if self._fields_token is not None:
-            FIELDS.reset(self._fields_token)
-            self._fields_token = None
+        if self._unit is not None:
+            exit_unit(self._unit)
+            self._unit = None
         b = self._b
         if b is None:
             return

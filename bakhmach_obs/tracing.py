@@ -22,7 +22,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -52,11 +52,11 @@ from opentelemetry.semconv.attributes.exception_attributes import (
 from opentelemetry.trace import SpanKind
 
 from .config import Settings
-from .redaction import RedactionPolicy
 
 __all__ = [
     "BoundedBatchSpanProcessor",
     "ExportFailedError",
+    "TextRedactor",
     "TracingSetup",
     "build_sampler",
     "build_tracing",
@@ -109,10 +109,16 @@ def run_with_deadline(fn: Callable[[], Any], timeout: float, name: str) -> bool:
     return done.wait(max(timeout, 0.0))
 
 
+class TextRedactor(Protocol):
+    """What :func:`record_exception` needs of a policy: a :class:`RedactionPolicy`, or a wrapper of one."""
+
+    def redact_text(self, text: str) -> str: ...
+
+
 def record_exception(
     span: Any,
     exc: BaseException,
-    policy: RedactionPolicy,
+    policy: TextRedactor,
     report: Callable[[str, BaseException], None] | None = None,
     *,
     escaped: bool = True,
